@@ -1,0 +1,17 @@
+"""User-facing errors. Each message names the file, what was expected, what was found, the fix.
+
+`UsageError` (exit code 2) is a wrong flag or path the user typed; `DataError` (exit code 1) is
+something wrong inside the data or the output folder. Both are `ValueError`s.
+"""
+
+
+class PipelineError(ValueError):
+    exit_code = 1
+
+
+class UsageError(PipelineError):
+    exit_code = 2
+
+
+class DataError(PipelineError):
+    exit_code = 1

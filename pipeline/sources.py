@@ -1,0 +1,328 @@
+"""Inputs: list files, check their schema, plan work units, stream documents.
+
+Parquet units are row ranges planned from the footer alone (row-group text sizes), so 26 large
+files still give hundreds of units; a row group larger than the target is cut by rows. JSON
+lines files (`.jsonl`, `.jsonl.zst`) cannot be planned without reading them, so each is one
+unit, read as a stream of bounded line batches. A worker never holds a whole file.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zstandard
+
+from pipeline import storage
+from pipeline.errors import DataError, UsageError
+
+SUFFIXES = {".parquet": "parquet", ".jsonl": "jsonl", ".jsonl.zst": "jsonl.zst"}
+BATCH_ROWS = 1000
+BATCH_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class InputFile:
+    path: str
+    format: str
+    num_bytes: int
+    num_rows: int | None  # None for JSON lines (counted while reading)
+    row_group_rows: tuple[int, ...] = ()
+    row_group_text_bytes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkUnit:
+    index: int
+    path: str
+    format: str
+    row_start: int
+    row_end: int | None  # None: to the end of the file
+    text_bytes: int
+
+    def __post_init__(self) -> None:
+        if self.row_end is not None and self.row_end < self.row_start:
+            raise ValueError(f"unit {self.index}: row_end {self.row_end} < {self.row_start}")
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "index": self.index,
+            "path": self.path,
+            "row_start": self.row_start,
+            "row_end": self.row_end,
+        }
+
+
+@dataclass(frozen=True)
+class DocumentBatch:
+    ids: list[str]  # the split key: the id column, or "<file>#<row>" where it is null
+    texts: list[str | None]
+    num_invalid: int = 0  # rows dropped for invalid UTF-8 before they became texts
+
+
+def format_of(path: str) -> str | None:
+    for suffix, fmt in sorted(SUFFIXES.items(), key=lambda kv: -len(kv[0])):
+        if path.endswith(suffix):
+            return fmt
+    return None
+
+
+def list_inputs(inputs: tuple[str, ...]) -> list[str]:
+    """Every input file: paths, folders (recursively) and globs; sorted, without repeats."""
+    found: list[str] = []
+    for item in inputs:
+        if storage.is_remote(item):
+            found += _list_remote(item)
+            continue
+        matches = sorted(glob.glob(item, recursive=True)) if glob.has_magic(item) else [item]
+        if not matches or not storage.exists(matches[0]):
+            raise UsageError(
+                f"--input {item}: expected a parquet/jsonl file, a folder or a glob, found "
+                "nothing there; check the path"
+            )
+        for match in matches:
+            if storage.is_dir(match):
+                found += [p for p in storage.list_files(match, recursive=True) if format_of(p)]
+            else:
+                found.append(storage.normalize(match))
+    files = sorted(set(found))
+    if not files:
+        raise UsageError(
+            f"--input {' '.join(inputs)}: expected .parquet, .jsonl or .jsonl.zst files, "
+            "found none; point --input at the data files or their folder"
+        )
+    return files
+
+
+def _list_remote(uri: str) -> list[str]:
+    if format_of(uri):
+        if not storage.exists(uri):
+            raise UsageError(f"--input {uri}: expected an object there, found none")
+        return [uri]
+    files = [p for p in storage.list_files(uri, recursive=True) if format_of(p)]
+    if not files:
+        raise UsageError(f"--input {uri}: expected parquet/jsonl objects under it, found none")
+    return files
+
+
+def describe_input(path: str, text_column: str, id_column: str) -> InputFile:
+    """Size, rows and row-group text sizes; checks the columns. Raises DataError if unusable."""
+    fmt = format_of(path)
+    if fmt is None:
+        raise DataError(
+            f"{path}: expected a .parquet, .jsonl or .jsonl.zst file, found another suffix; "
+            "rename it or leave it out of --input"
+        )
+    num_bytes = storage.size_of(path)
+    if fmt != "parquet":
+        return InputFile(path=path, format=fmt, num_bytes=num_bytes, num_rows=None)
+    meta = _parquet_metadata(path)
+    schema = meta.schema.to_arrow_schema()
+    _check_column(path, schema, text_column, "text", "--text-column")
+    if id_column not in schema.names:
+        raise DataError(
+            f"{path}: expected an id column {id_column!r}, found columns {schema.names}; "
+            "pass --id-column with the column that names each document"
+        )
+    text_index = schema.get_field_index(text_column)
+    rows, text_bytes = [], []
+    for i in range(meta.num_row_groups):
+        group = meta.row_group(i)
+        rows.append(group.num_rows)
+        text_bytes.append(group.column(text_index).total_uncompressed_size)
+    return InputFile(
+        path=path,
+        format=fmt,
+        num_bytes=num_bytes,
+        num_rows=meta.num_rows,
+        row_group_rows=tuple(rows),
+        row_group_text_bytes=tuple(text_bytes),
+    )
+
+
+def _parquet_metadata(path: str) -> pq.FileMetaData:
+    fs, inner = storage.resolve(path)
+    try:
+        with fs.open_input_file(inner) as f:
+            return pq.ParquetFile(f).metadata
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(
+            f"{path}: expected a parquet file, found one whose footer does not read "
+            f"({str(exc)[:120]}); the file is truncated or not parquet: replace it, or "
+            "pass --on-bad-file skip to leave it out"
+        ) from exc
+
+
+def _check_column(path: str, schema: pa.Schema, name: str, role: str, flag: str) -> None:
+    if name not in schema.names:
+        raise DataError(
+            f"{path}: expected a {role} column {name!r}, found columns {schema.names}; "
+            f"pass {flag} with the right column"
+        )
+    typ = schema.field(name).type
+    if not (pa.types.is_string(typ) or pa.types.is_large_string(typ)):
+        raise DataError(
+            f"{path}: expected column {name!r} to be a string, found {typ}; "
+            f"pass {flag} with a string column"
+        )
+
+
+def plan_units(files: list[InputFile], unit_bytes: int) -> list[WorkUnit]:
+    """Consecutive row ranges of about unit_bytes of text each; units never cross files."""
+    units: list[WorkUnit] = []
+    for f in files:
+        if f.format != "parquet":
+            units.append(
+                WorkUnit(
+                    index=len(units),
+                    path=f.path,
+                    format=f.format,
+                    row_start=0,
+                    row_end=None,
+                    text_bytes=f.num_bytes,
+                )
+            )
+            continue
+        pieces: list[tuple[int, int, int]] = []  # (row_start, row_end, text bytes)
+        row = 0
+        for n_rows, n_bytes in zip(f.row_group_rows, f.row_group_text_bytes, strict=True):
+            cuts = max(1, min(n_rows, math.ceil(n_bytes / unit_bytes)))
+            for k in range(cuts):
+                lo, hi = row + n_rows * k // cuts, row + n_rows * (k + 1) // cuts
+                pieces.append((lo, hi, n_bytes * (hi - lo) // max(n_rows, 1)))
+            row += n_rows
+        start, acc = None, 0
+        for lo, hi, n_bytes in pieces:
+            start = lo if start is None else start
+            acc += n_bytes
+            if acc >= unit_bytes:
+                units.append(_parquet_unit(len(units), f, start, hi, acc))
+                start, acc = None, 0
+        if start is not None:
+            units.append(_parquet_unit(len(units), f, start, row, acc))
+        if not pieces:
+            units.append(_parquet_unit(len(units), f, 0, 0, 0))
+    return units
+
+
+def _parquet_unit(index: int, f: InputFile, lo: int, hi: int, text_bytes: int) -> WorkUnit:
+    return WorkUnit(
+        index=index, path=f.path, format="parquet", row_start=lo, row_end=hi, text_bytes=text_bytes
+    )
+
+
+def read_documents(unit: WorkUnit, text_column: str, id_column: str) -> Iterator[DocumentBatch]:
+    if unit.format == "parquet":
+        yield from _read_parquet(unit, text_column, id_column)
+    else:
+        yield from _read_jsonl(unit, text_column, id_column)
+
+
+def _read_parquet(unit: WorkUnit, text_column: str, id_column: str) -> Iterator[DocumentBatch]:
+    fs, inner = storage.resolve(unit.path)
+    assert unit.row_end is not None
+    with fs.open_input_file(inner) as f:
+        pf = pq.ParquetFile(f)
+        first = 0
+        for rg in range(pf.metadata.num_row_groups):
+            n_rows = pf.metadata.row_group(rg).num_rows
+            lo, hi = max(unit.row_start, first), min(unit.row_end, first + n_rows)
+            if lo < hi:
+                row = first
+                batches = pf.iter_batches(
+                    batch_size=BATCH_ROWS, row_groups=[rg], columns=[id_column, text_column]
+                )
+                for batch in batches:
+                    a, b = max(lo - row, 0), min(hi - row, batch.num_rows)
+                    if a < b:
+                        yield _parquet_batch(batch.slice(a, b - a), unit.path, row + a)
+                    row += batch.num_rows
+                    if row >= hi:
+                        break
+            first += n_rows
+
+
+def _parquet_batch(batch: pa.RecordBatch, path: str, first_row: int) -> DocumentBatch:
+    ids = batch.column(0)
+    if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
+        ids = ids.cast(pa.string())
+    keys = [
+        i if i is not None else f"{path}#{first_row + k}" for k, i in enumerate(ids.to_pylist())
+    ]
+    texts_col = batch.column(1)
+    try:
+        texts = texts_col.to_pylist()
+        return DocumentBatch(keys, texts)
+    except UnicodeDecodeError:
+        texts = []
+        for k in range(len(texts_col)):
+            try:
+                texts.append(texts_col[k].as_py())
+            except UnicodeDecodeError:
+                texts.append(_INVALID)
+        return DocumentBatch(keys, texts)
+
+
+class _Invalid(str):
+    """Marks a text that could not be decoded; the processor counts it as invalid_utf8."""
+
+
+_INVALID = _Invalid("")
+
+
+def is_invalid(text: str | None) -> bool:
+    return isinstance(text, _Invalid)
+
+
+def _read_jsonl(unit: WorkUnit, text_column: str, id_column: str) -> Iterator[DocumentBatch]:
+    fs, inner = storage.resolve(unit.path)
+    with fs.open_input_stream(inner) as raw:
+        stream: io.BufferedIOBase = raw
+        if unit.format == "jsonl.zst":
+            stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        reader = io.BufferedReader(stream, buffer_size=1 << 20)  # type: ignore[arg-type]
+        ids: list[str] = []
+        texts: list[str | None] = []
+        size = 0
+        for line_no, line in enumerate(reader, start=1):
+            if not line.strip():
+                continue
+            ids.append(f"{unit.path}#{line_no}")
+            texts.append(_parse_line(line, unit.path, line_no, text_column, id_column, ids))
+            size += len(line)
+            if len(texts) >= BATCH_ROWS or size >= BATCH_BYTES:
+                yield DocumentBatch(ids, texts)
+                ids, texts, size = [], [], 0
+        if texts:
+            yield DocumentBatch(ids, texts)
+
+
+def _parse_line(
+    line: bytes, path: str, line_no: int, text_column: str, id_column: str, ids: list[str]
+) -> str | None:
+    try:
+        obj = json.loads(line)
+    except UnicodeDecodeError:
+        return _INVALID
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"{path}:{line_no}: expected one JSON object per line, found invalid JSON ({exc}); "
+            "fix or remove that line"
+        ) from exc
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}:{line_no}: expected a JSON object, found {type(obj).__name__}")
+    if obj.get(id_column) is not None:
+        ids[-1] = str(obj[id_column])
+    text = obj.get(text_column)
+    if text is not None and not isinstance(text, str):
+        raise DataError(
+            f"{path}:{line_no}: expected {text_column!r} to be a string, found "
+            f"{type(text).__name__}; pass --text-column with the text field"
+        )
+    return text

@@ -1,0 +1,133 @@
+"""Where bytes live: local paths or object-store URIs (s3://...), through pyarrow.fs.
+
+Every write of a finished file is atomic: locally a temporary name in the same folder, fsync,
+then rename; on an object store the object only appears when its upload completes (a PUT is
+atomic), so there is nothing to rename. Credentials come from the usual AWS variables; an
+S3-compatible endpoint from `PIPELINE_S3_ENDPOINT` (set by `--storage-endpoint`) or
+`AWS_ENDPOINT_URL`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import posixpath
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+ENDPOINT_ENV = "PIPELINE_S3_ENDPOINT"
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def normalize(uri: str) -> str:
+    """Absolute local path, or the URI unchanged (without a trailing slash)."""
+    if uri.startswith("file://"):
+        uri = uri[len("file://") :]
+    if is_remote(uri):
+        return uri.rstrip("/")
+    return str(Path(uri).expanduser().resolve())
+
+
+def join(base: str, *parts: str) -> str:
+    if is_remote(base):
+        return posixpath.join(base.rstrip("/"), *parts)
+    return str(Path(base, *parts))
+
+
+@functools.cache
+def _s3(endpoint: str | None) -> pafs.FileSystem:
+    if not endpoint:
+        return pafs.S3FileSystem()
+    parsed = urlparse(endpoint)
+    return pafs.S3FileSystem(
+        endpoint_override=parsed.netloc or endpoint,
+        scheme=parsed.scheme or "https",
+        allow_bucket_creation=False,
+    )
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and the path inside it."""
+    if not is_remote(uri):
+        return pafs.LocalFileSystem(), normalize(uri)
+    parsed = urlparse(uri)
+    if parsed.scheme in ("s3", "s3a"):
+        endpoint = os.environ.get(ENDPOINT_ENV) or os.environ.get("AWS_ENDPOINT_URL")
+        return _s3(endpoint), f"{parsed.netloc}{parsed.path}".rstrip("/")
+    return pafs.FileSystem.from_uri(uri)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = resolve(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def write_bytes_atomic(uri: str, data: bytes) -> None:
+    if is_remote(uri):
+        fs, path = resolve(uri)
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+        return
+    path = Path(normalize(uri))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def file_info(uri: str) -> pafs.FileInfo:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path)
+
+
+def exists(uri: str) -> bool:
+    return file_info(uri).type != pafs.FileType.NotFound
+
+
+def is_dir(uri: str) -> bool:
+    return file_info(uri).type == pafs.FileType.Directory
+
+
+def size_of(uri: str) -> int:
+    return int(file_info(uri).size)
+
+
+def list_files(uri: str, recursive: bool = False) -> list[str]:
+    """Full URIs/paths of the files below a folder, sorted."""
+    fs, path = resolve(uri)
+    selector = pafs.FileSelector(path, recursive=recursive, allow_not_found=True)
+    infos = fs.get_file_info(selector)
+    prefix = uri.split("://", 1)[0] + "://" if is_remote(uri) else ""
+    return sorted(prefix + i.path for i in infos if i.type == pafs.FileType.File)
+
+
+def remove(uri: str) -> None:
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        fs.delete_file(path)
+
+
+def make_dirs(uri: str) -> None:
+    if not is_remote(uri):
+        Path(normalize(uri)).mkdir(parents=True, exist_ok=True)
