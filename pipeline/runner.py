@@ -126,7 +126,9 @@ def run_pipeline(
             rows_by_path.get(unit.path, 0) + ledger.num_documents + ledger_v.num_documents
         )
     for split in SPLITS:
-        sidecars[split].append(stitch_leftovers(config, info, split, sidecars[split], digest, len(units)))
+        sidecars[split].append(
+            stitch_leftovers(config, info, split, sidecars[split], digest, len(units))
+        )
     for entry in inputs:
         entry["num_rows"] = rows_by_path.get(entry["path"], 0)
     manifest = build_manifest(

@@ -1,0 +1,18 @@
+"""Ray job entry point: `ray job submit --address http://HEAD:8265 --working-dir . --
+python jobs/preprocess.py --input ... --tokenizer ... --output ...`.
+
+Thin on purpose: it parses the same flags as `pipeline run` and runs the same runner on the
+cluster the job was submitted to (RAY_ADDRESS is set by `ray job submit`).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the working dir's package
+
+from pipeline.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["run", "--ray-address", "auto", *sys.argv[1:]]))
