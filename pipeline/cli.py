@@ -102,7 +102,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers: expected at least 1, found {args.workers}")
     config = config_from_args(args)
-    config = RunConfig.from_dict({**config.to_dict(), "output": storage.normalize(config.output)})
+    # Absolute paths, so that the run's identity (and resume) does not depend on the cwd.
+    config = RunConfig.from_dict(
+        {
+            **config.to_dict(),
+            "inputs": [storage.normalize(i) for i in config.inputs],
+            "tokenizer": storage.normalize(config.tokenizer),
+            "output": storage.normalize(config.output),
+        }
+    )
     if args.backend == "local":
         executor = LocalExecutor()
     else:

@@ -212,4 +212,7 @@ class ShardReader:
 
     def read_all(self) -> Blocks:
         parts = [self.read_batch(i) for i in range(self.num_batches)]
+        if not parts:
+            empty = np.zeros((0, self.meta.block_size), dtype=self.meta.dtype)
+            return Blocks(empty, np.zeros(0, np.uint16), np.zeros(1, np.int32))
         return concat_blocks(parts, self.meta.block_size)

@@ -282,7 +282,7 @@ def is_invalid(text: str | None) -> bool:
 
 def _read_jsonl(unit: WorkUnit, text_column: str, id_column: str) -> Iterator[DocumentBatch]:
     fs, inner = storage.resolve(unit.path)
-    with fs.open_input_stream(inner) as raw:
+    with fs.open_input_stream(inner, compression=None) as raw:
         stream: io.BufferedIOBase = raw
         if unit.format == "jsonl.zst":
             stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
@@ -325,4 +325,14 @@ def _parse_line(
             f"{path}:{line_no}: expected {text_column!r} to be a string, found "
             f"{type(text).__name__}; pass --text-column with the text field"
         )
+    if text is not None and not _encodes(text):
+        return _INVALID  # lone surrogates from \ud800-style escapes cannot become UTF-8
     return text
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

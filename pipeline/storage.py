@@ -64,7 +64,7 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
 
 def read_bytes(uri: str) -> bytes:
     fs, path = resolve(uri)
-    with fs.open_input_stream(path) as f:
+    with fs.open_input_stream(path, compression=None) as f:
         return f.read()
 
 

@@ -1,0 +1,57 @@
+"""Shared fixtures: paths to ../shared test material and small real pipeline outputs."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from hypothesis import settings
+
+from pipeline.config import RunConfig
+from pipeline.runner import LocalExecutor, run_pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+DICTWIKI = SHARED / "corpus" / "dictwiki"
+BERT = SHARED / "tokenizers" / "bert-base-uncased"
+UNIGRAM = SHARED / "tokenizers" / "unigram-128k"
+TOKENIZERS = {"bert": BERT, "unigram": UNIGRAM}
+SMALL_UNIT = 512 * 1024  # dictwiki (6.3 MB of text) -> 9 work units
+
+# The machines are shared and noisy: time limits per example would make property tests flaky.
+settings.register_profile("project", deadline=None, print_blob=True)
+settings.load_profile("project")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not DICTWIKI.is_dir():
+        skip = pytest.mark.skip(reason=f"test material missing: {SHARED}")
+        for item in items:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def dictwiki() -> Path:
+    return DICTWIKI
+
+
+@pytest.fixture(scope="session")
+def dictwiki_one_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of one dictwiki shard (3,830 articles) for faster end-to-end tests."""
+    folder = tmp_path_factory.mktemp("dictwiki-one")
+    shutil.copy(DICTWIKI / "train-00000-of-00004.parquet", folder)
+    return folder
+
+
+def make_config(inputs: Path | str, tokenizer: Path, output: Path, **kw: object) -> RunConfig:
+    kw.setdefault("unit_bytes", SMALL_UNIT)
+    return RunConfig(inputs=(str(inputs),), tokenizer=str(tokenizer), output=str(output), **kw)
+
+
+@pytest.fixture(scope="session")
+def bert_output(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real framed run over all of dictwiki with the BERT tokenizer, shared read-only."""
+    out = tmp_path_factory.mktemp("bert-out") / "out"
+    run_pipeline(make_config(DICTWIKI, BERT, out), LocalExecutor(), progress_stream=None)
+    return out
