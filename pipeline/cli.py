@@ -214,6 +214,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        # A failed read or write (full disk, lost mount, permissions): nothing half-published.
+        print(
+            f"error: {exc}; nothing partial was published under a final name, so fix the cause "
+            "and rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130

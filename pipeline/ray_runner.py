@@ -62,6 +62,7 @@ class RayExecutor:
                 object_store_memory=128 * 1024 * 1024,
                 log_to_driver=True,
                 configure_logging=False,
+                _node_ip_address="127.0.0.1",  # as `ray start --node-ip-address=127.0.0.1`
             )
             self._started_here = True
 

@@ -132,7 +132,8 @@ def run_pipeline(
     for entry in inputs:
         entry["num_rows"] = rows_by_path.get(entry["path"], 0)
     manifest = build_manifest(
-        config=config.to_dict(),
+        # Without `output`: a dataset is relocatable, and runs into two folders compare equal.
+        config={k: v for k, v in config.to_dict().items() if k != "output"},
         tokenizer=_tokenizer_record(info),
         inputs=inputs,
         skipped_files=skipped_files,

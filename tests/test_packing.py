@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -61,7 +63,7 @@ def test_blocks_are_the_stream_cut_in_order(
     packer = Packer(spec)
     parts = []
     bounds = sorted({0, len(docs), *[min(c, len(docs)) for c in cuts]})
-    for lo, hi in zip(bounds, bounds[1:], strict=False):
+    for lo, hi in itertools.pairwise(bounds):
         stream, starts = build_stream(*_flat(docs[lo:hi]), spec.doc_prefix, spec.doc_suffix)
         parts.append(packer.add(stream, starts))
     blocks = concat_blocks(parts, block_size)

@@ -36,9 +36,7 @@ def _recipe_blocks(parquet: Path, cache: Path, group_batch: int | None) -> np.nd
         batched=True,
         remove_columns=ds.column_names,
     )
-    grouped = tokenized.map(
-        _group_texts, batched=True, batch_size=group_batch or len(tokenized)
-    )
+    grouped = tokenized.map(_group_texts, batched=True, batch_size=group_batch or len(tokenized))
     return np.array(grouped["input_ids"], dtype=np.int64)
 
 
@@ -60,7 +58,11 @@ def test_concat_equals_recipe_block_for_block(
     out = tmp_path / "out"
     # One unit and no validation split: one continuous stream, like the recipe's single batch.
     config = make_config(
-        dictwiki_one_file, BERT, out, packing="concat", validation_fraction=0.0,
+        dictwiki_one_file,
+        BERT,
+        out,
+        packing="concat",
+        validation_fraction=0.0,
         unit_bytes=1 << 40,
     )
     result = run_pipeline(config, LocalExecutor(), progress_stream=None)

@@ -33,8 +33,13 @@ def registry() -> Registry:
 def test_shard_schema_matches_code() -> None:
     spec = _load("shard.json")
     meta = ShardMeta(
-        block_size=128, dtype="uint16", packing="framed", split="train",
-        tokenizer_sha256="0" * 64, vocab_size=30522, special_ids={"cls": 101},
+        block_size=128,
+        dtype="uint16",
+        packing="framed",
+        split="train",
+        tokenizer_sha256="0" * 64,
+        vocab_size=30522,
+        special_ids={"cls": 101},
     )
     schema = shard_schema(meta)
     assert [c["name"] for c in spec["columns"]] == schema.names

@@ -16,8 +16,12 @@ from pipeline.shards import ShardMeta, ShardReader, ShardWriter
 
 def _meta(block_size: int, dtype: str) -> ShardMeta:
     return ShardMeta(
-        block_size=block_size, dtype=dtype, packing="framed", split="train",
-        tokenizer_sha256="ab" * 32, vocab_size=70_000 if dtype == "uint32" else 30_522,
+        block_size=block_size,
+        dtype=dtype,
+        packing="framed",
+        split="train",
+        tokenizer_sha256="ab" * 32,
+        vocab_size=70_000 if dtype == "uint32" else 30_522,
         special_ids={"cls": 1, "sep": 2, "mask": None},
     )
 
@@ -61,7 +65,9 @@ def test_round_trip(
         tokens = np.concatenate([p.tokens for p in parts])
         assert (back.tokens == tokens).all()
         assert back.tokens.dtype == np.dtype(dtype)
-        assert back.start_values.tolist() == np.concatenate([p.start_values for p in parts]).tolist()
+        assert (
+            back.start_values.tolist() == np.concatenate([p.start_values for p in parts]).tolist()
+        )
         assert info.num_doc_starts == back.start_values.size
 
 
@@ -75,8 +81,11 @@ def test_bytes_do_not_depend_on_how_blocks_arrive(tmp_path: Path) -> None:
         hi = min(lo + 7, 100)
         off = blocks.start_offsets
         many.write(
-            Blocks(blocks.tokens[lo:hi], blocks.start_values[off[lo] : off[hi]],
-                   off[lo : hi + 1] - off[lo])
+            Blocks(
+                blocks.tokens[lo:hi],
+                blocks.start_values[off[lo] : off[hi]],
+                off[lo : hi + 1] - off[lo],
+            )
         )
     assert one.close().sha256 == many.close().sha256
     assert (tmp_path / "a.arrow").read_bytes() == (tmp_path / "b.arrow").read_bytes()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -35,14 +36,18 @@ def test_units_cover_every_row_once_in_order(
 ) -> None:
     rows = tuple(g[0] for g in groups)
     f = InputFile(
-        path="a.parquet", format="parquet", num_bytes=1, num_rows=sum(rows),
-        row_group_rows=rows, row_group_text_bytes=tuple(g[1] for g in groups),
+        path="a.parquet",
+        format="parquet",
+        num_bytes=1,
+        num_rows=sum(rows),
+        row_group_rows=rows,
+        row_group_text_bytes=tuple(g[1] for g in groups),
     )
     units = plan_units([f, f], unit_bytes)
     per_file = len(units) // 2
     covered = [(u.row_start, u.row_end) for u in units[:per_file]]
     assert covered[0][0] == 0 and covered[-1][1] == sum(rows)
-    for (_, end), (start, _) in zip(covered, covered[1:], strict=False):
+    for (_, end), (start, _) in itertools.pairwise(covered):
         assert end == start
     assert [u.index for u in units] == list(range(len(units)))
 
@@ -99,13 +104,17 @@ def test_jsonl_text_not_a_string(tmp_path: Path) -> None:
 
 
 def test_missing_input_path(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match=r"nope: expected a parquet/jsonl file, a folder or a glob"):
+    with pytest.raises(
+        UsageError, match=r"nope: expected a parquet/jsonl file, a folder or a glob"
+    ):
         list_inputs((str(tmp_path / "nope"),))
 
 
 def test_folder_without_data_files(tmp_path: Path) -> None:
     (tmp_path / "readme.txt").write_text("hi")
-    with pytest.raises(UsageError, match=r"expected .parquet, .jsonl or .jsonl.zst files, found none"):
+    with pytest.raises(
+        UsageError, match=r"expected .parquet, .jsonl or .jsonl.zst files, found none"
+    ):
         list_inputs((str(tmp_path),))
 
 

@@ -95,7 +95,10 @@ def test_folder_with_only_sentencepiece_needs_transformers_or_fails_clearly(
     [
         (lambda p: p / "missing", r"missing: expected a tokenizer.json or a model folder"),
         (lambda p: _write(p / "x.json", "{not json"), r"x.json: expected a Hugging Face tokenizer"),
-        (lambda p: (p / "empty").mkdir() or p / "empty", r"expected tokenizer.json \(or a Sentence"),
+        (
+            lambda p: (p / "empty").mkdir() or p / "empty",
+            r"expected tokenizer.json \(or a Sentence",
+        ),
     ],
 )
 def test_bad_tokenizer_paths(tmp_path: Path, make, match: str) -> None:  # type: ignore[no-untyped-def]
