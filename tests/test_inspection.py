@@ -19,7 +19,7 @@ from tokenizers import Tokenizer
 from pipeline import cli, histogram
 from pipeline.errors import DataError, UsageError
 from pipeline.inspection import SplitScan, main, sample_positions, summarize
-from pipeline.packing import Blocks
+from pipeline.packing import Blocks, concat_blocks
 from pipeline.runner import LocalExecutor, run_pipeline
 from pipeline.shards import ShardReader
 from pipeline.verification import verify_output
@@ -37,8 +37,6 @@ def _manifest(out: Path) -> dict:
 
 def _read_split(out: Path, split: str) -> Blocks:
     """The whole split read the simple way, as an independent reference (test data is small)."""
-    from pipeline.packing import concat_blocks
-
     parts = [
         ShardReader(str(out / s["file"])).read_all()
         for s in _manifest(out)["splits"][split]["shards"]

@@ -154,9 +154,12 @@ def test_altered_and_missing_sidecars(out: Path) -> None:
     [
         (
             lambda m: m["splits"]["train"]["ledger"].update(num_dropped_tokens=1),
-            "train: ledger: tokens in",
+            "train: manifest.json ledger: tokens in",
         ),
-        (lambda m: m["splits"]["train"].update(num_blocks=3), "train: ledger block tokens"),
+        (
+            lambda m: m["splits"]["train"].update(num_blocks=3),
+            "train: manifest.json ledger block tokens",
+        ),
         (lambda m: m["splits"]["validation"]["shards"][0].update(num_blocks=1), "holds 84 blocks"),
         (
             lambda m: m["splits"]["validation"]["shards"][3].update(num_doc_starts=0),
@@ -186,7 +189,8 @@ def test_shard_metadata_must_match_the_manifest(out: Path) -> None:
 def test_token_ids_must_be_below_the_vocabulary(out: Path) -> None:
     _rewrite_shard(out, "validation/shard-00005.arrow", bad_id=40_000)
     assert verify_output(str(out)) == [
-        "validation/shard-00005.arrow: token id 40,000 >= vocabulary size 30,522"
+        "validation/shard-00005.arrow: token id 40,000 >= vocabulary size 30,522; rerun the "
+        "same `pipeline run` command to rebuild it"
     ]
 
 
@@ -207,6 +211,20 @@ def test_no_manifest(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert cli.main(["verify", str(tmp_path), "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
     assert not report["ok"] and "manifest" in report["problems"][0]
+
+
+def test_damaged_manifest_layout(out: Path, capsys: pytest.CaptureFixture) -> None:
+    manifest = _manifest(out)
+    del manifest["splits"]["train"]["ledger"]
+    _write_manifest(out, manifest)
+    with pytest.raises(
+        DataError,
+        match=r"manifest.json: expected the manifest layout of format 1, "
+        r"found a damaged one \(KeyError: 'ledger'\)",
+    ):
+        verify_output(str(out))
+    assert cli.main(["inspect", str(out)]) == 1
+    assert "found a damaged one (KeyError: 'ledger')" in capsys.readouterr().err
 
 
 def test_json_report(out: Path, capsys: pytest.CaptureFixture) -> None:
