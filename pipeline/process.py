@@ -8,6 +8,7 @@ This is the only place the stages are composed; the local runner and the Ray run
 from __future__ import annotations
 
 import os
+import resource
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,8 +19,9 @@ from pipeline.config import RunConfig
 from pipeline.errors import DataError
 from pipeline.manifest import Ledger, Sidecar, shard_uri, write_sidecar
 from pipeline.packing import Blocks, Packer, PackSpec, build_stream
+from pipeline.readers import is_invalid, read_documents
 from pipeline.shards import ShardMeta, ShardWriter
-from pipeline.sources import WorkUnit, is_invalid, read_documents
+from pipeline.sources import WorkUnit
 from pipeline.split import SPLITS, assign_validation
 from pipeline.tokenization import DocumentEncoder, TokenizerInfo, describe_tokenizer
 
@@ -37,6 +39,7 @@ class UnitSummary:
     num_documents: int
     num_tokens: int
     text_bytes: int
+    peak_rss_bytes: int  # of the worker process so far (Linux ru_maxrss is in KiB)
 
 
 _ENCODERS: dict[tuple[str, str], DocumentEncoder] = {}
@@ -163,6 +166,7 @@ def process_unit(
         num_documents=num_documents,
         num_tokens=num_tokens,
         text_bytes=unit.text_bytes,
+        peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     )
 
 

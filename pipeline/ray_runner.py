@@ -56,6 +56,7 @@ class RayExecutor:
             ray.init(address=self.address, log_to_driver=True)
         else:
             cpus = (self.workers or os.cpu_count() or 1) * self.threads
+            os.environ["RAYON_NUM_THREADS"] = str(self.threads)  # inherited by local workers
             ray.init(
                 num_cpus=cpus,
                 include_dashboard=False,
@@ -73,13 +74,16 @@ class RayExecutor:
             return
         self._connect()
         try:
-            env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
-            env["RAYON_NUM_THREADS"] = str(self.threads)
-            task = ray.remote(process_unit).options(
-                num_cpus=self.threads,
-                max_retries=self.max_retries,
-                runtime_env={"env_vars": env},
-            )
+            options: dict = {"num_cpus": self.threads, "max_retries": self.max_retries}
+            if not self._started_here:
+                # On a cluster, workers get the settings through the task's runtime env (merged
+                # with the job's working_dir). A local Ray's workers inherit this process's
+                # environment instead: a runtime env would make Ray start a second pool of
+                # workers (measured: +3.5 s before the first unit on this 2-core machine).
+                env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
+                env["RAYON_NUM_THREADS"] = str(self.threads)
+                options["runtime_env"] = {"env_vars": env}
+            task = ray.remote(process_unit).options(**options)
             pending = [task.remote(u, config, tokenizer_sha256, digest) for u in units]
             while pending:
                 ready, pending = ray.wait(pending, num_returns=1)

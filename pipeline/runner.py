@@ -104,10 +104,11 @@ def run_pipeline(
         progress = Progress(len(pending), sum(u.text_bytes for u in pending), progress_stream)
         if len(pending) < len(units):
             progress_stream.write(f"resuming: {len(units) - len(pending)} units already done\n")
-    num_tokens = 0
+    num_tokens = peak_rss = 0
     rows_by_path: dict[str, int] = {}
     for summary in executor.run(pending, config, info.sha256, digest):
         num_tokens += summary.num_tokens
+        peak_rss = max(peak_rss, summary.peak_rss_bytes)
         if progress:
             progress.update(summary)
     sidecars = {split: [] for split in SPLITS}
@@ -151,6 +152,7 @@ def run_pipeline(
             "units_run": len(pending),
             "document_tokens_this_run": num_tokens,
             "tokens_per_second": round(num_tokens / max(seconds, 1e-9), 1),
+            "peak_worker_rss_bytes": peak_rss,
         },
     )
     return RunResult(

@@ -14,14 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.errors import DataError, UsageError
-from pipeline.sources import (
-    InputFile,
-    describe_input,
-    is_invalid,
-    list_inputs,
-    plan_units,
-    read_documents,
-)
+from pipeline.readers import is_invalid, read_documents
+from pipeline.sources import InputFile, describe_input, list_inputs, plan_units
 from tests.conftest import DICTWIKI
 
 
