@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
 
+from pipeline import storage
 from pipeline.config import RunConfig
 from pipeline.runner import LocalExecutor, run_pipeline
 
@@ -55,3 +59,42 @@ def bert_output(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bert-out") / "out"
     run_pipeline(make_config(DICTWIKI, BERT, out), LocalExecutor(), progress_stream=None)
     return out
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """A real S3 API on loopback: moto's server mode, started and stopped here."""
+    moto_server = pytest.importorskip("moto.server")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(
+    s3_server: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> str:
+    """A fresh bucket on the loopback S3 server, with fake credentials in the environment."""
+    boto3 = pytest.importorskip("boto3")
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+        storage.ENDPOINT_ENV: s3_server,
+    }.items():
+        monkeypatch.setenv(key, value)
+    name = "b-" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:16]
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=name)
+    return name
+
+
+def upload_folder(folder: Path, uri: str) -> None:
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            storage.write_bytes_atomic(
+                f"{uri}/{path.relative_to(folder).as_posix()}", path.read_bytes()
+            )

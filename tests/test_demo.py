@@ -182,6 +182,14 @@ def test_demo_training_step_explains_how_to_enable_it(
     assert "training skipped: torch missing; `pip install torch==" in capsys.readouterr().out
 
 
+def test_demo_training_flags_are_ones_pipeline_train_accepts(tmp_path: Path) -> None:
+    config = pytest.importorskip("pipeline.train.config")
+    parsed = config.parse_config(demo.train_argv(tmp_path / "data", tmp_path / "run", 7))
+    assert (parsed.data, parsed.output) == (str(tmp_path / "data"), str(tmp_path / "run"))
+    assert (parsed.model, parsed.max_steps, parsed.eval_steps) == ("tiny-bert", 7, 7)
+    assert (parsed.batch_size, parsed.lr) == (32, 1e-3)
+
+
 @pytest.mark.ray
 @pytest.mark.timeout(120)
 def test_demo_runs_end_to_end_then_resumes(

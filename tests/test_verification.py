@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
-import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ from pipeline.errors import DataError
 from pipeline.packing import Blocks
 from pipeline.shards import ShardReader, ShardWriter
 from pipeline.verification import check_output, verify_output
+from tests.conftest import upload_folder
 
 
 @pytest.fixture
@@ -239,32 +238,10 @@ def test_json_report(out: Path, capsys: pytest.CaptureFixture) -> None:
 
 
 @pytest.fixture
-def s3_output(bert_output: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def s3_output(bert_output: Path, s3_bucket: str) -> str:
     """The real output uploaded to a moto S3 server on loopback (fake credentials)."""
-    moto_server = pytest.importorskip("moto.server")
-    boto3 = pytest.importorskip("boto3")
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_REGION": "us-east-1",
-        storage.ENDPOINT_ENV: endpoint,
-    }.items():
-        monkeypatch.setenv(key, value)
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(
-        Bucket="verify-test"
-    )
-    for path in bert_output.rglob("*"):
-        if path.is_file():
-            rel = os.path.relpath(path, bert_output)
-            storage.write_bytes_atomic(f"s3://verify-test/out/{rel}", path.read_bytes())
-    yield "s3://verify-test/out"
-    server.stop()
+    upload_folder(bert_output, f"s3://{s3_bucket}/out")
+    return f"s3://{s3_bucket}/out"
 
 
 def test_verify_on_s3(s3_output: str) -> None:

@@ -50,8 +50,12 @@ def build_corpus(folder: Path, repeats: int, files: int, max_rows: int | None = 
     folder.mkdir(parents=True, exist_ok=True)
     step = -(-full.num_rows // files)
     for k in range(files):
-        pq.write_table(full.slice(k * step, step), folder / f"train-{k:05d}-of-{files:05d}.parquet",
-                       row_group_size=1000, compression="zstd")
+        pq.write_table(
+            full.slice(k * step, step),
+            folder / f"train-{k:05d}-of-{files:05d}.parquet",
+            row_group_size=1000,
+            compression="zstd",
+        )
     return sum(len(t.encode()) for t in full.column("text").to_pylist())
 
 
@@ -64,8 +68,12 @@ def run_child(code: str, env: dict[str, str] | None = None) -> dict:
         "RESULT['peak_rss_mib'] = max(r, c) / 1024\n"
         "print(json.dumps(RESULT))\n"
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         env={**os.environ, **(env or {})})
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
     if out.returncode:
         raise RuntimeError(out.stderr[-3000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -73,31 +81,39 @@ def run_child(code: str, env: dict[str, str] | None = None) -> dict:
 
 def floor(corpus: Path, tokenizer: str, threads: int | None, every: int = 1) -> dict:
     env = {"RAYON_NUM_THREADS": str(threads)} if threads else {}
-    return run_child(f"""
+    return run_child(
+        f"""
         import glob, pyarrow.parquet as pq
         from tokenizers import Tokenizer
-        texts = pq.read_table(sorted(glob.glob("{corpus}/*.parquet")), columns=["text"]).column("text").to_pylist()[::{every}]
+        table = pq.read_table(sorted(glob.glob("{corpus}/*.parquet")), columns=["text"])
+        texts = table.column("text").to_pylist()[::{every}]
         tok = Tokenizer.from_file("{tokenizer}"); tok.no_padding(); tok.no_truncation()
         t = time.perf_counter(); n = 0
         for i in range(0, len(texts), 1000):
-            n += sum(len(e) for e in tok.encode_batch_fast(texts[i:i + 1000], add_special_tokens=False))
+            encs = tok.encode_batch_fast(texts[i:i + 1000], add_special_tokens=False)
+            n += sum(len(e) for e in encs)
         RESULT = {{"seconds": time.perf_counter() - t, "tokens": n}}
-    """, env)
+    """,
+        env,
+    )
 
 
 def recipe(corpus: Path, tok_folder: str, work: Path) -> dict:
-    return run_child(f"""
+    return run_child(
+        f"""
         import itertools, os
         from pathlib import Path
         import datasets, transformers
         datasets.disable_progress_bars()
         cache = Path("{work}/hf-cache")
         t = time.perf_counter()
-        ds = datasets.load_dataset("parquet", data_files="{corpus}/*.parquet", split="train", cache_dir=str(cache))
+        ds = datasets.load_dataset("parquet", data_files="{corpus}/*.parquet", split="train",
+                                   cache_dir=str(cache))
         size = lambda: sum(p.stat().st_size for p in cache.rglob("*") if p.is_file())
         raw = size()
         tok = transformers.AutoTokenizer.from_pretrained("{tok_folder}")
-        tokd = ds.map(lambda b: tok(b["text"]), batched=True, num_proc=2, remove_columns=ds.column_names)
+        tokd = ds.map(lambda b: tok(b["text"]), batched=True, num_proc=2,
+                      remove_columns=ds.column_names)
         def group(ex):
             cat = {{k: list(itertools.chain.from_iterable(ex[k])) for k in ex}}
             n = len(cat["input_ids"]) // 128 * 128
@@ -106,7 +122,9 @@ def recipe(corpus: Path, tok_folder: str, work: Path) -> dict:
         split = lm.train_test_split(test_size=0.05, seed=42)
         RESULT = {{"seconds": time.perf_counter() - t, "out_bytes": size() - raw,
                   "block_tokens": len(lm) * 128}}
-    """, {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    """,
+        {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
+    )
 
 
 def datatrove(corpus: Path, tokenizer_json: str, work: Path) -> dict | None:
@@ -114,7 +132,8 @@ def datatrove(corpus: Path, tokenizer_json: str, work: Path) -> dict | None:
         import datatrove  # noqa: F401
     except ImportError:
         return None
-    return run_child(f"""
+    return run_child(
+        f"""
         from pathlib import Path
         from datatrove.executor import LocalPipelineExecutor
         from datatrove.pipeline.readers import ParquetReader
@@ -128,15 +147,33 @@ def datatrove(corpus: Path, tokenizer_json: str, work: Path) -> dict | None:
         ], tasks=2, workers=2, logging_dir="{work}/datatrove-logs").run()
         RESULT = {{"seconds": time.perf_counter() - t,
                   "out_bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file())}}
-    """, {"TOKENIZERS_PARALLELISM": "false"})
+    """,
+        {"TOKENIZERS_PARALLELISM": "false"},
+    )
 
 
 def pipeline(corpus: Path, tokenizer: str, out: Path, workers: int, unit_mb: int) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     t = time.perf_counter()
-    subprocess.run([str(BIN / "pipeline"), "run", "--quiet", "--workers", str(workers),
-                    "--input", str(corpus), "--tokenizer", tokenizer, "--output", str(out),
-                    "--unit-bytes", str(unit_mb * 2**20)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            str(BIN / "pipeline"),
+            "run",
+            "--quiet",
+            "--workers",
+            str(workers),
+            "--input",
+            str(corpus),
+            "--tokenizer",
+            tokenizer,
+            "--output",
+            str(out),
+            "--unit-bytes",
+            str(unit_mb * 2**20),
+        ],
+        check=True,
+        capture_output=True,
+    )
     seconds = time.perf_counter() - t
     manifest = json.loads((out / "manifest.json").read_text())
     timings = json.loads((out / "timings.json").read_text())
@@ -161,21 +198,50 @@ def bench_tokenizer(name: str, corpus: Path, work: Path, quick: bool) -> list[tu
     tokens = fl["tokens"]
     one = floor(corpus, str(clean), 1, every=1 if quick else 8)
     limit_rate = one["tokens"] / one["seconds"] * CORES
-    rows.append(("floor (encode_batch_fast)", fl["seconds"], tokens / fl["seconds"], None, fl["peak_rss_mib"]))
+    rows.append(
+        (
+            "floor (encode_batch_fast)",
+            fl["seconds"],
+            tokens / fl["seconds"],
+            None,
+            fl["peak_rss_mib"],
+        )
+    )
     rows.append((f"limit (1 thread x {CORES})", None, limit_rate, None, None))
     rec = recipe(corpus, str(folder), work)
-    rows.append(("recipe (datasets, num_proc=2)", rec["seconds"], tokens / rec["seconds"],
-                 rec["out_bytes"] / rec["block_tokens"], rec["peak_rss_mib"]))
+    rows.append(
+        (
+            "recipe (datasets, num_proc=2)",
+            rec["seconds"],
+            tokens / rec["seconds"],
+            rec["out_bytes"] / rec["block_tokens"],
+            rec["peak_rss_mib"],
+        )
+    )
     dt = datatrove(corpus, str(clean), work)
     if dt:
-        rows.append(("datatrove (2 tasks)", dt["seconds"], tokens / dt["seconds"],
-                     dt["out_bytes"] / tokens, dt["peak_rss_mib"]))
+        rows.append(
+            (
+                "datatrove (2 tasks)",
+                dt["seconds"],
+                tokens / dt["seconds"],
+                dt["out_bytes"] / tokens,
+                dt["peak_rss_mib"],
+            )
+        )
     unit_mb = 1 if quick else 8
     for w in (1, 2):
         p = pipeline(corpus, str(folder), work / f"out-w{w}", w, unit_mb)
         assert p["document_tokens"] == tokens, (p["document_tokens"], tokens)
-        rows.append((f"pipeline run --workers {w}", p["seconds"], tokens / p["seconds"],
-                     p["out_bytes"] / p["block_tokens"], p["peak_rss_mib"]))
+        rows.append(
+            (
+                f"pipeline run --workers {w}",
+                p["seconds"],
+                tokens / p["seconds"],
+                p["out_bytes"] / p["block_tokens"],
+                p["peak_rss_mib"],
+            )
+        )
     return rows
 
 
@@ -183,11 +249,14 @@ def print_table(title: str, rows: list[tuple]) -> None:
     floor_rate = rows[0][2]
     limit_rate = rows[1][2]
     print(f"\n{title}")
-    print(f"{'':34} {'seconds':>8} {'M tok/s':>8} {'x floor':>8} {'x limit':>8} {'B/token':>8} {'peak MiB':>9}")
+    heads = ("seconds", "M tok/s", "x floor", "x limit", "B/token")
+    print(f"{'':34} " + " ".join(f"{h:>8}" for h in heads) + f" {'peak MiB':>9}")
     for name, sec, rate, bpt, mem in rows:
         f = lambda v, spec: format(v, spec) if v is not None else "-"  # noqa: E731
-        print(f"{name:34} {f(sec, '8.1f')} {rate / 1e6:8.3f} {rate / floor_rate:8.2f} "
-              f"{rate / limit_rate:8.2f} {f(bpt, '8.2f')} {f(mem, '9.0f')}")
+        print(
+            f"{name:34} {f(sec, '8.1f')} {rate / 1e6:8.3f} {rate / floor_rate:8.2f} "
+            f"{rate / limit_rate:8.2f} {f(bpt, '8.2f')} {f(mem, '9.0f')}"
+        )
     w1 = next(r for r in rows if r[0].endswith("--workers 1"))
     w2 = next(r for r in rows if r[0].endswith("--workers 2"))
     print(f"scaling: per-worker throughput at 2 workers / at 1 worker = {w2[2] / 2 / w1[2]:.2f}")
@@ -216,9 +285,13 @@ def main() -> int:
             big = work / "corpus-big"
             build_corpus(big, repeats=args.repeats * args.scale, files=8 * args.scale)
             for label, folder in (("1x", corpus), (f"{args.scale}x", big)):
-                p = pipeline(folder, str(SHARED / "tokenizers" / tokenizers[0]), work / "scale", 2, 8)
-                print(f"memory flat as input grows: {label} corpus, 2 workers: peak "
-                      f"{p['peak_rss_mib']:.0f} MiB per worker, {p['document_tokens'] / p['seconds'] / 1e6:.3f} M tok/s")
+                tok = str(SHARED / "tokenizers" / tokenizers[0])
+                p = pipeline(folder, tok, work / "scale", 2, 8)
+                rate = p["document_tokens"] / p["seconds"] / 1e6
+                print(
+                    f"memory flat as input grows: {label} corpus, 2 workers: peak "
+                    f"{p['peak_rss_mib']:.0f} MiB per worker, {rate:.3f} M tok/s"
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

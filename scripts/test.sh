@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The README's second command (and what CI runs): set up, lint, then the whole test suite.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup-venv.sh "train,dev"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/hadolint docker/Dockerfile
+.venv/bin/python tests/bench/bench_pipeline.py --quick
+exec .venv/bin/python -m pytest "$@"
