@@ -48,9 +48,10 @@ _ENCODERS: dict[tuple[str, str], DocumentEncoder] = {}
 def load_encoder(output: str, dtype: str, expected_sha256: str) -> DocumentEncoder:
     key = (output, expected_sha256)
     if key not in _ENCODERS:
+        # The file is the canonical JSON the driver hashed: its bytes are the identity.
         text = storage.read_bytes(storage.join(output, TOKENIZER_FILE)).decode()
         tok = Tokenizer.from_str(text)
-        info = describe_tokenizer(tok, dtype)
+        info = describe_tokenizer(tok, dtype, canonical=text)
         if info.sha256 != expected_sha256:
             raise DataError(
                 f"{storage.join(output, TOKENIZER_FILE)}: expected tokenizer sha256 "

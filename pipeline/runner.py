@@ -26,6 +26,7 @@ from pipeline.manifest import (
     Ledger,
     Sidecar,
     build_manifest,
+    read_sidecar,
     shard_uri,
     write_json_atomic,
     write_sidecar,
@@ -85,7 +86,8 @@ def run_pipeline(
 ) -> RunResult:
     started = time.monotonic()
     tok = load_tokenizer(config.tokenizer)
-    info = describe_tokenizer(tok, config.dtype, config.tokenizer)
+    tok_text = canonical_json(tok)
+    info = describe_tokenizer(tok, config.dtype, config.tokenizer, canonical=tok_text)
     pack_spec(config, info)  # fail early if framed packing is impossible
     paths = list_inputs(config.inputs)
     check_not_inside_inputs(config.output, paths, config.inputs)
@@ -95,7 +97,7 @@ def run_pipeline(
     digest = claim(config.output, run_identity(config.to_dict(), info.sha256, inputs), overwrite)
     tok_uri = storage.join(config.output, TOKENIZER_FILE)
     if not storage.exists(tok_uri):
-        storage.write_bytes_atomic(tok_uri, canonical_json(tok).encode())
+        storage.write_bytes_atomic(tok_uri, tok_text.encode())
 
     done = {u.index: finished_sidecars(config.output, u.index, digest) for u in units}
     pending = [u for u in units if done[u.index] is None]
@@ -113,7 +115,8 @@ def run_pipeline(
             progress.update(summary)
     sidecars = {split: [] for split in SPLITS}
     for unit in units:
-        cars = finished_sidecars(config.output, unit.index, digest)
+        # Units done before were checked (sha256) above; units run now are trusted as written.
+        cars = done[unit.index] or _sidecars_of(config.output, unit.index, digest)
         if cars is None:
             raise DataError(
                 f"{config.output}: expected finished shards for unit {unit.index} "
@@ -162,6 +165,13 @@ def run_pipeline(
         seconds=seconds,
         num_tokens=num_tokens,
     )
+
+
+def _sidecars_of(output: str, index: int, digest: str) -> dict[str, Sidecar] | None:
+    cars = {split: read_sidecar(output, split, index) for split in SPLITS}
+    if any(c is None or c.run_digest != digest for c in cars.values()):
+        return None
+    return cars  # type: ignore[return-value]
 
 
 def _describe_inputs(paths: list[str], config: RunConfig) -> tuple[list[InputFile], list[dict]]:
