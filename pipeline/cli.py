@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from pipeline.config import RunConfig
-from pipeline.errors import PipelineError, UsageError
+from pipeline.errors import PipelineError, UsageError, brief
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -212,12 +212,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)  # always one line
         return exc.exit_code
     except OSError as exc:
         # A failed read or write (full disk, lost mount, permissions): nothing half-published.
         print(
-            f"error: {exc}; nothing partial was published under a final name, so fix the cause "
+            f"error: {brief(exc, 300)}; nothing partial was published under a final name, so fix "
+            "the cause "
             "and rerun the same command to resume",
             file=sys.stderr,
         )

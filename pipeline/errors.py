@@ -15,3 +15,9 @@ class UsageError(PipelineError):
 
 class DataError(PipelineError):
     exit_code = 1
+
+
+def brief(exc: BaseException, limit: int = 160) -> str:
+    """An underlying exception's message on one line, cut to `limit` characters."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

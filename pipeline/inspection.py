@@ -17,7 +17,7 @@ import pyarrow as pa
 from tokenizers import Tokenizer
 
 from pipeline import histogram, storage
-from pipeline.errors import DataError, UsageError
+from pipeline.errors import DataError, UsageError, brief
 from pipeline.inspection_report import render_text
 from pipeline.manifest import Ledger, load_manifest
 from pipeline.packing import Blocks
@@ -138,7 +138,7 @@ def _summarize(output: str, manifest: dict[str, Any], decode: int, top: int) -> 
                     raise DataError(f"block_size {reader.meta.block_size}, not {block_size}")
                 scan.add_shard(reader, shard["file"], int(shard["num_blocks"]))
             except (DataError, pa.ArrowException, OSError) as exc:  # report it, go on
-                problems.append(f"{split}: {shard['file']} does not read ({str(exc)[:200]})")
+                problems.append(f"{split}: {shard['file']} does not read ({brief(exc, 200)})")
         checks = split_checks(entry, scan)
         problems += [f"{split}: {c}" for c in checks]
         splits[split] = _split_summary(entry, scan, checks, tok, tokinfo, top)

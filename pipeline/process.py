@@ -19,7 +19,7 @@ from pipeline.config import RunConfig
 from pipeline.errors import DataError
 from pipeline.manifest import Ledger, Sidecar, shard_uri, write_sidecar
 from pipeline.packing import Blocks, Packer, PackSpec, build_stream
-from pipeline.readers import is_invalid, read_documents
+from pipeline.readers import BadInputError, is_invalid, read_documents
 from pipeline.shards import ShardMeta, ShardWriter
 from pipeline.sources import WorkUnit
 from pipeline.split import SPLITS, assign_validation
@@ -93,54 +93,52 @@ def shard_meta(config: RunConfig, info: TokenizerInfo, split: str) -> ShardMeta:
     )
 
 
+@dataclass
+class _UnitOutput:
+    """What a unit builds per split: a packer (carries the remainder), a ledger, a writer."""
+
+    packers: dict[str, Packer]
+    ledgers: dict[str, Ledger]
+    writers: dict[str, ShardWriter]
+
+    @classmethod
+    def empty(cls, unit: WorkUnit, config: RunConfig, info: TokenizerInfo) -> _UnitOutput:
+        spec = pack_spec(config, info)
+        return cls(
+            packers={s: Packer(spec) for s in SPLITS},
+            ledgers={s: Ledger() for s in SPLITS},
+            writers={
+                s: ShardWriter(
+                    shard_uri(config.output, s, unit.index),
+                    shard_meta(config, info, s),
+                    config.batch_blocks,
+                    config.compression_level,
+                )
+                for s in SPLITS
+            },
+        )
+
+
 def process_unit(
     unit: WorkUnit, config: RunConfig, tokenizer_sha256: str, run_digest: str
 ) -> UnitSummary:
     encoder = load_encoder(config.output, config.dtype, tokenizer_sha256)
-    spec = pack_spec(config, encoder.info)
-    packers = {s: Packer(spec) for s in SPLITS}
-    ledgers = {s: Ledger() for s in SPLITS}
-    writers = {
-        s: ShardWriter(
-            shard_uri(config.output, s, unit.index),
-            shard_meta(config, encoder.info, s),
-            config.batch_blocks,
-            config.compression_level,
-        )
-        for s in SPLITS
-    }
-    num_rows = 0
-    for batch_no, batch in enumerate(read_documents(unit, config.text_column, config.id_column)):
-        num_rows += len(batch.texts)
-        is_validation = assign_validation(batch.ids, config.validation_fraction)
-        kept, reasons = _classify(batch.texts)
-        ids, lengths = encoder.encode([batch.texts[k] for k in kept])
-        kept_validation = is_validation[kept]
-        for split, want in (("train", False), ("validation", True)):
-            ledger = ledgers[split]
-            in_split = is_validation == want
-            ledger.num_documents += int(in_split.sum())
-            for reason, rows in reasons.items():
-                ledger.skipped[reason] += int(in_split[rows].sum()) if rows else 0
-            doc_mask = kept_validation == want
-            doc_lengths = lengths[doc_mask]
-            if not doc_lengths.size:
-                continue
-            token_mask = np.repeat(doc_mask, lengths)
-            stream, starts = build_stream(
-                ids[token_mask], doc_lengths, spec.doc_prefix, spec.doc_suffix
-            )
-            blocks = packers[split].add(stream, starts)
-            writers[split].write(blocks)
-            _count(ledger, spec, doc_lengths, blocks)
-        if batch_no == 0:
-            _maybe_inject_fault(unit.index)
+    built = _UnitOutput.empty(unit, config, encoder.info)
+    unit_record: dict[str, object] = unit.to_dict()
+    try:
+        num_rows = _pack_documents(unit, config, encoder, built)
+    except BadInputError as exc:
+        if config.on_bad_file != "skip":
+            raise
+        # The unit contributes nothing (no half-read file in the data); the manifest lists it.
+        built, num_rows = _UnitOutput.empty(unit, config, encoder.info), 0
+        unit_record["error"] = str(exc)
     num_documents = num_tokens = 0
     for split in SPLITS:
-        leftover, leftover_starts = packers[split].leftover()
-        ledger = ledgers[split]
+        leftover, leftover_starts = built.packers[split].leftover()
+        ledger = built.ledgers[split]
         ledger.num_carried_out = int(leftover.size)
-        info = writers[split].close()
+        info = built.writers[split].close()
         write_sidecar(
             config.output,
             unit.index,
@@ -151,7 +149,7 @@ def process_unit(
                 num_bytes=info.num_bytes,
                 num_blocks=info.num_blocks,
                 num_doc_starts=info.num_doc_starts,
-                unit=unit.to_dict(),
+                unit=unit_record,
                 run_digest=run_digest,
                 ledger=ledger,
                 leftover_tokens=leftover.tolist(),
@@ -169,6 +167,40 @@ def process_unit(
         text_bytes=unit.text_bytes,
         peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     )
+
+
+def _pack_documents(
+    unit: WorkUnit, config: RunConfig, encoder: DocumentEncoder, built: _UnitOutput
+) -> int:
+    """Read, split, encode and pack the unit's documents into `built`; returns rows read."""
+    spec = pack_spec(config, encoder.info)
+    num_rows = 0
+    for batch_no, batch in enumerate(read_documents(unit, config.text_column, config.id_column)):
+        num_rows += len(batch.texts)
+        is_validation = assign_validation(batch.ids, config.validation_fraction)
+        kept, reasons = _classify(batch.texts)
+        ids, lengths = encoder.encode([batch.texts[k] for k in kept])
+        kept_validation = is_validation[kept]
+        for split, want in (("train", False), ("validation", True)):
+            ledger = built.ledgers[split]
+            in_split = is_validation == want
+            ledger.num_documents += int(in_split.sum())
+            for reason, rows in reasons.items():
+                ledger.skipped[reason] += int(in_split[rows].sum()) if rows else 0
+            doc_mask = kept_validation == want
+            doc_lengths = lengths[doc_mask]
+            if not doc_lengths.size:
+                continue
+            token_mask = np.repeat(doc_mask, lengths)
+            stream, starts = build_stream(
+                ids[token_mask], doc_lengths, spec.doc_prefix, spec.doc_suffix
+            )
+            blocks = built.packers[split].add(stream, starts)
+            built.writers[split].write(blocks)
+            _count(ledger, spec, doc_lengths, blocks)
+        if batch_no == 0:
+            _maybe_inject_fault(unit.index)
+    return num_rows
 
 
 def _classify(texts: list[str | None]) -> tuple[list[int], dict[str, list[int]]]:

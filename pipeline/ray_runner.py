@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import ray
 
 from pipeline.config import RunConfig
+from pipeline.errors import PipelineError
 from pipeline.process import FAULT_MARKER_ENV, FAULT_UNIT_ENV, UnitSummary, process_unit
 from pipeline.sources import WorkUnit
 from pipeline.storage import ENDPOINT_ENV
@@ -87,7 +88,14 @@ class RayExecutor:
             pending = [task.remote(u, config, tokenizer_sha256, digest) for u in units]
             while pending:
                 ready, pending = ray.wait(pending, num_returns=1)
-                yield ray.get(ready[0])
+                try:
+                    yield ray.get(ready[0])
+                except ray.exceptions.RayTaskError as exc:
+                    # A data or I/O error inside a unit: show the user its one clear line, not
+                    # a remote traceback (Ray does not retry these: retry_exceptions is off).
+                    if isinstance(exc.cause, PipelineError | OSError):
+                        raise exc.cause from None
+                    raise
         finally:
             if self._started_here:
                 ray.shutdown()

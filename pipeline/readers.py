@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import zstandard
 
 from pipeline import storage
-from pipeline.errors import DataError
+from pipeline.errors import DataError, brief
 from pipeline.sources import WorkUnit
 
 BATCH_ROWS = 1000
@@ -33,11 +33,23 @@ class DocumentBatch:
     num_invalid: int = 0  # rows dropped for invalid UTF-8 before they became texts
 
 
+class BadInputError(DataError):
+    """A unit's file could not be read to the end; `--on-bad-file skip` leaves the unit out."""
+
+
 def read_documents(unit: WorkUnit, text_column: str, id_column: str) -> Iterator[DocumentBatch]:
-    if unit.format == "parquet":
-        yield from _read_parquet(unit, text_column, id_column)
-    else:
-        yield from _read_jsonl(unit, text_column, id_column)
+    read = _read_parquet if unit.format == "parquet" else _read_jsonl
+    try:
+        yield from read(unit, text_column, id_column)
+    except BadInputError:
+        raise
+    except (pa.ArrowException, OSError, EOFError, zstandard.ZstdError) as exc:
+        rows = f"rows {unit.row_start}-{unit.row_end}" if unit.row_end is not None else "lines"
+        raise BadInputError(
+            f"{unit.path}: expected readable {unit.format} {rows}, found damaged data "
+            f"({brief(exc, 160)}); replace the file, or pass --on-bad-file skip to leave "
+            "this part out (it is listed in the manifest)"
+        ) from exc
 
 
 def _read_parquet(unit: WorkUnit, text_column: str, id_column: str) -> Iterator[DocumentBatch]:
@@ -127,17 +139,17 @@ def _parse_line(
     except UnicodeDecodeError:
         return _INVALID
     except json.JSONDecodeError as exc:
-        raise DataError(
+        raise BadInputError(
             f"{path}:{line_no}: expected one JSON object per line, found invalid JSON ({exc}); "
             "fix or remove that line"
         ) from exc
     if not isinstance(obj, dict):
-        raise DataError(f"{path}:{line_no}: expected a JSON object, found {type(obj).__name__}")
+        raise BadInputError(f"{path}:{line_no}: expected a JSON object, found {type(obj).__name__}")
     if obj.get(id_column) is not None:
         ids[-1] = str(obj[id_column])
     text = obj.get(text_column)
     if text is not None and not isinstance(text, str):
-        raise DataError(
+        raise BadInputError(
             f"{path}:{line_no}: expected {text_column!r} to be a string, found "
             f"{type(text).__name__}; pass --text-column with the text field"
         )

@@ -135,6 +135,11 @@ def run_pipeline(
         )
     for entry in inputs:
         entry["num_rows"] = rows_by_path.get(entry["path"], 0)
+    skipped_files += [
+        {"path": car.unit["path"], "reason": car.unit["error"]}
+        for car in sidecars["train"]
+        if "error" in car.unit
+    ]
     manifest = build_manifest(
         # Without `output`: a dataset is relocatable, and runs into two folders compare equal.
         config={k: v for k, v in config.to_dict().items() if k != "output"},

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import FORMAT_VERSION, storage
-from pipeline.errors import DataError
+from pipeline.errors import DataError, brief
 from pipeline.packing import Blocks, concat_blocks
 
 METADATA_KEYS = (
@@ -188,7 +188,7 @@ class ShardReader:
         except (pa.ArrowInvalid, OSError) as exc:
             raise DataError(
                 f"{uri}: expected an Arrow IPC shard, found a file that does not open "
-                f"({str(exc)[:160]}); rerun `pipeline run` to rewrite it"
+                f"({brief(exc, 160)}); rerun `pipeline run` to rewrite it"
             ) from exc
         self.meta = ShardMeta.from_schema(self._file.schema, uri)
 

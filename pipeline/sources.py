@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import storage
-from pipeline.errors import DataError, UsageError
+from pipeline.errors import DataError, UsageError, brief
 
 SUFFIXES = {".parquet": "parquet", ".jsonl": "jsonl", ".jsonl.zst": "jsonl.zst"}
 
@@ -141,7 +141,7 @@ def _parquet_metadata(path: str) -> pq.FileMetaData:
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(
             f"{path}: expected a parquet file, found one whose footer does not read "
-            f"({str(exc)[:120]}); the file is truncated or not parquet: replace it, or "
+            f"({brief(exc, 120)}); the file is truncated or not parquet: replace it, or "
             "pass --on-bad-file skip to leave it out"
         ) from exc
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from pipeline.errors import DataError, UsageError
+from pipeline.errors import DataError, UsageError, brief
 
 # A document longer than this is encoded in whitespace-cut pieces, so that one 20 MB article
 # costs bounded memory (the Rust encoding of 1 M characters holds ~0.3 M tokens with offsets).
@@ -67,7 +67,7 @@ def load_tokenizer(path: str) -> Tokenizer:
         except Exception as exc:
             raise UsageError(
                 f"--tokenizer {path}: expected a Hugging Face tokenizer.json, found a file "
-                f"that does not load ({str(exc)[:120]}); pass a tokenizer.json or its folder"
+                f"that does not load ({brief(exc, 120)}); pass a tokenizer.json or its folder"
             ) from exc
     tok.no_padding()
     tok.no_truncation()

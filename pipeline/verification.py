@@ -23,7 +23,7 @@ import pyarrow as pa
 from tokenizers import Tokenizer
 
 from pipeline import FORMAT_VERSION, storage
-from pipeline.errors import DataError
+from pipeline.errors import DataError, brief
 from pipeline.manifest import MANIFEST_NAME, Ledger, Sidecar, load_manifest, read_json
 from pipeline.process import TOKENIZER_FILE
 from pipeline.shards import ShardMeta, ShardReader, shard_schema
@@ -155,7 +155,7 @@ def _shard_problems(
         if full and not meta:
             out += _content_problems(name, ShardReader(uri, data), shard, expected, result)
     except (ValueError, pa.ArrowException, OSError) as exc:  # DataError is a ValueError
-        out.append(f"{name}: does not read as a shard ({str(exc)[:160]}); {REBUILD}")
+        out.append(f"{name}: does not read as a shard ({brief(exc, 160)}); {REBUILD}")
     return out
 
 
@@ -254,7 +254,7 @@ def _tokenizer_problems(output: str, record: dict[str, Any], full: bool) -> list
     try:
         info = describe_tokenizer(Tokenizer.from_str(storage.read_bytes(uri).decode()))
     except Exception as exc:  # the tokenizers library raises bare Exception on bad JSON
-        return [f"{TOKENIZER_FILE}: does not load ({str(exc)[:120]}); {fix}"]
+        return [f"{TOKENIZER_FILE}: does not load ({brief(exc, 120)}); {fix}"]
     out = []
     if info.sha256 != record["sha256"]:
         out.append(

@@ -98,3 +98,15 @@ def upload_folder(folder: Path, uri: str) -> None:
             storage.write_bytes_atomic(
                 f"{uri}/{path.relative_to(folder).as_posix()}", path.read_bytes()
             )
+
+
+def damage_a_data_page(src: Path, dst: Path, row_group: int = 1) -> None:
+    """Copy a parquet file with garbage over one row group's text page header (footer intact)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(src).metadata
+    text = meta.schema.to_arrow_schema().get_field_index("text")
+    offset = meta.row_group(row_group).column(text).data_page_offset
+    data = bytearray(src.read_bytes())
+    data[offset : offset + 64] = b"\xff" * 64
+    dst.write_bytes(bytes(data))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import cli
-from tests.conftest import BERT, UNIGRAM
+from tests.conftest import BERT, DICTWIKI, UNIGRAM, damage_a_data_page
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -203,3 +203,33 @@ def test_a_different_run_in_the_output_exits_2(
     code, err = _run(capsys, *args, "--packing", "concat")
     assert code == 2 and "packing: 'framed' there, 'concat' now" in err and "--overwrite" in err
     assert _run(capsys, *args, "--packing", "concat", "--overwrite")[0] == 0
+
+
+def test_damaged_data_page_fails_clearly_or_is_skipped_and_listed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    src = DICTWIKI / "train-00000-of-00004.parquet"
+    shutil.copy(src, data / "good.parquet")
+    damage_a_data_page(src, data / "damaged.parquet", row_group=1)
+    args = ["--input", str(data), "--tokenizer", str(BERT), "--unit-bytes", str(256 * 1024)]
+    code, err = _run(capsys, *args, "--output", str(tmp_path / "o1"))
+    assert code == 1, err
+    assert re.search(
+        r"damaged.parquet: expected readable parquet rows 1000-2000, found damaged", err
+    )
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o1" / "manifest.json").exists()
+
+    code, err = _run(capsys, *args, "--output", str(tmp_path / "o2"), "--on-bad-file", "skip")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "o2" / "manifest.json").read_text())
+    (skipped,) = manifest["skipped_files"]
+    assert skipped["path"].endswith("damaged.parquet") and "rows 1000-2000" in skipped["reason"]
+    train = manifest["splits"]["train"]
+    # The good file and the damaged file's three other row groups: 4 + 3 units of 1,000 rows.
+    read = (
+        train["ledger"]["num_documents"]
+        + manifest["splits"]["validation"]["ledger"]["num_documents"]
+    )
+    assert read == 3830 + 3830 - 1000 and train["num_blocks"] > 0

@@ -20,7 +20,7 @@ from pipeline.manifest import load_manifest
 from pipeline.process import FAULT_MARKER_ENV, FAULT_UNIT_ENV
 from pipeline.ray_runner import RayExecutor
 from pipeline.runner import LocalExecutor, run_pipeline
-from tests.conftest import BERT, DICTWIKI, REPO, UNIGRAM, make_config
+from tests.conftest import BERT, DICTWIKI, REPO, UNIGRAM, damage_a_data_page, make_config
 from tests.test_runner import _digest_tree
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -187,3 +187,34 @@ def _stop_group(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             continue
         time.sleep(1)  # let the group's other members go too
+
+
+def test_damaged_file_under_ray_is_one_clear_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline import cli
+
+    data = tmp_path / "data"
+    data.mkdir()
+    damage_a_data_page(DICTWIKI / "train-00000-of-00004.parquet", data / "damaged.parquet")
+    code = cli.main(
+        [
+            "run",
+            "--quiet",
+            "--workers",
+            "2",
+            "--input",
+            str(data),
+            "--tokenizer",
+            str(BERT),
+            "--output",
+            str(tmp_path / "out"),
+            "--unit-bytes",
+            str(1 << 18),
+        ]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert err[-1].startswith("error: ") and "damaged.parquet: expected readable parquet" in err[-1]
+    assert "Traceback" not in "\n".join(err)
+    assert not (tmp_path / "out" / "manifest.json").exists()
