@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from functools import partial
 
 import ray
 
@@ -18,6 +19,7 @@ from pipeline.config import RunConfig
 from pipeline.errors import PipelineError
 from pipeline.process import FAULT_MARKER_ENV, FAULT_UNIT_ENV, UnitSummary, process_unit
 from pipeline.sources import WorkUnit
+from pipeline.startup_worker import StartupWorker
 from pipeline.storage import ENDPOINT_ENV
 
 PASSED_ENV = (
@@ -43,11 +45,13 @@ class RayExecutor:
         address: str | None = None,
         threads_per_worker: int = 1,
         max_retries: int = 3,
+        work_while_starting: bool = True,
     ) -> None:
         self.workers = workers
         self.address = address
         self.threads = threads_per_worker
         self.max_retries = max_retries
+        self.work_while_starting = work_while_starting
         self._started_here = False
 
     def _connect(self) -> None:
@@ -73,30 +77,59 @@ class RayExecutor:
     ) -> Iterator[UnitSummary]:
         if not units:
             return
-        self._connect()
+        early = None
+        if self.work_while_starting and not self.address and not ray.is_initialized():
+            # A local Ray takes 5-9 s to start here; meanwhile a forked child of this process
+            # works through units (see startup_worker.py), and Ray gets what is left.
+            os.environ["RAYON_NUM_THREADS"] = str(self.threads)
+            early = StartupWorker(
+                units,
+                partial(
+                    process_unit,
+                    config=config,
+                    tokenizer_sha256=tokenizer_sha256,
+                    run_digest=digest,
+                ),
+            )
         try:
-            options: dict = {"num_cpus": self.threads, "max_retries": self.max_retries}
-            if not self._started_here:
-                # On a cluster, workers get the settings through the task's runtime env (merged
-                # with the job's working_dir). A local Ray's workers inherit this process's
-                # environment instead: a runtime env would make Ray start a second pool of
-                # workers (measured: +3.5 s before the first unit on this 2-core machine).
-                env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
-                env["RAYON_NUM_THREADS"] = str(self.threads)
-                options["runtime_env"] = {"env_vars": env}
-            task = ray.remote(process_unit).options(**options)
-            pending = [task.remote(u, config, tokenizer_sha256, digest) for u in units]
-            while pending:
-                ready, pending = ray.wait(pending, num_returns=1)
-                try:
-                    yield ray.get(ready[0])
-                except ray.exceptions.RayTaskError as exc:
-                    # A data or I/O error inside a unit: show the user its one clear line, not
-                    # a remote traceback (Ray does not retry these: retry_exceptions is off).
-                    if isinstance(exc.cause, PipelineError | OSError):
-                        raise exc.cause from None
-                    raise
+            self._connect()
+            if early:
+                units = early.stop()
+                yield from early.take_results()
+            yield from self._run_on_ray(units, config, tokenizer_sha256, digest)
+            if early:
+                yield from early.finish()
+                yield from self._run_on_ray(early.lost(), config, tokenizer_sha256, digest)
         finally:
+            if early:
+                early.close()
             if self._started_here:
                 ray.shutdown()
                 self._started_here = False
+
+    def _run_on_ray(
+        self, units: list[WorkUnit], config: RunConfig, tokenizer_sha256: str, digest: str
+    ) -> Iterator[UnitSummary]:
+        if not units:
+            return
+        options: dict = {"num_cpus": self.threads, "max_retries": self.max_retries}
+        if not self._started_here:
+            # On a cluster, workers get the settings through the task's runtime env (merged
+            # with the job's working_dir). A local Ray's workers inherit this process's
+            # environment instead: a runtime env would make Ray start a second pool of
+            # workers (measured: +3.5 s before the first unit on this 2-core machine).
+            env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
+            env["RAYON_NUM_THREADS"] = str(self.threads)
+            options["runtime_env"] = {"env_vars": env}
+        task = ray.remote(process_unit).options(**options)
+        pending = [task.remote(u, config, tokenizer_sha256, digest) for u in units]
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            try:
+                yield ray.get(ready[0])
+            except ray.exceptions.RayTaskError as exc:
+                # A data or I/O error inside a unit: show the user its one clear line, not
+                # a remote traceback (Ray does not retry these: retry_exceptions is off).
+                if isinstance(exc.cause, PipelineError | OSError):
+                    raise exc.cause from None
+                raise

@@ -35,14 +35,17 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("workers", [1, 3])
+@pytest.mark.parametrize(
+    ("workers", "work_while_starting"),
+    [(1, False), (3, False), (2, True)],
+    ids=["1-ray-worker", "3-ray-workers", "driver-child-then-ray"],
+)
 def test_output_is_identical_whatever_the_worker_count(
-    tmp_path: Path, reference: Path, workers: int
+    tmp_path: Path, reference: Path, workers: int, work_while_starting: bool
 ) -> None:
     out = tmp_path / "out"
-    result = run_pipeline(
-        make_config(DICTWIKI, UNIGRAM, out), RayExecutor(workers=workers), progress_stream=None
-    )
+    executor = RayExecutor(workers=workers, work_while_starting=work_while_starting)
+    result = run_pipeline(make_config(DICTWIKI, UNIGRAM, out), executor, progress_stream=None)
     assert result.num_units_run == result.num_units == 9
     assert result.manifest["splits"]["train"]["num_blocks"] > 9_000
     assert result.manifest["tokenizer"]["dtype"] == "uint32"
@@ -56,7 +59,8 @@ def test_killed_worker_is_retried_and_output_identical(
     monkeypatch.setenv(FAULT_UNIT_ENV, "4")
     monkeypatch.setenv(FAULT_MARKER_ENV, str(marker))
     out = tmp_path / "out"
-    run_pipeline(make_config(DICTWIKI, UNIGRAM, out), RayExecutor(workers=2), progress_stream=None)
+    executor = RayExecutor(workers=2, work_while_starting=False)  # unit 4 dies in a Ray worker
+    run_pipeline(make_config(DICTWIKI, UNIGRAM, out), executor, progress_stream=None)
     assert "killed unit 4" in marker.read_text(), "the fault really happened"
     assert _digest_tree(out) == _digest_tree(reference)
 
