@@ -207,8 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:
+        # argparse's REMAINDER does not take a first argument that looks like a flag
+        # (`train --data ...`), so the trainer's own flags bypass this parser.
+        args = argparse.Namespace(func=cmd_train, rest=argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except PipelineError as exc:

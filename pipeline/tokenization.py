@@ -90,8 +90,15 @@ def _load_folder(folder: Path) -> Tokenizer:
             "`transformers` to convert; run `pip install transformers sentencepiece protobuf` "
             "or save the folder once with tokenizer.save_pretrained() to get tokenizer.json"
         ) from exc
-    hf = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
-    return Tokenizer.from_str(hf.backend_tokenizer.to_str())
+    try:
+        hf = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
+        return Tokenizer.from_str(hf.backend_tokenizer.to_str())
+    except Exception as exc:  # transformers raises many kinds here
+        raise UsageError(
+            f"--tokenizer {folder}: expected a SentencePiece model that transformers can convert "
+            f"to a fast tokenizer, found one it cannot load ({brief(exc)}); check the folder "
+            "(tokenizer_config.json, *.model) or pass a tokenizer.json"
+        ) from exc
 
 
 def canonical_json(tok: Tokenizer) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -82,11 +83,20 @@ def test_split_long_text_joins_back(text: str, size: int) -> None:
     assert all(len(p) <= size for p in pieces)
 
 
-def test_folder_with_only_sentencepiece_needs_transformers_or_fails_clearly(
-    tmp_path: Path,
+def test_sentencepiece_folder_without_transformers_says_how_to_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "spm.model").write_bytes(b"\x00not a real model")
-    with pytest.raises((UsageError, Exception)):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import fails as if not installed
+    with pytest.raises(UsageError, match=r"found only a SentencePiece model, which needs"):
+        load_tokenizer(str(tmp_path))
+
+
+def test_sentencepiece_folder_that_does_not_convert(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    (tmp_path / "spm.model").write_bytes(b"\x00not a real model")
+    (tmp_path / "tokenizer_config.json").write_text('{"tokenizer_class": "DebertaV2Tokenizer"}')
+    with pytest.raises(UsageError, match=r"expected a SentencePiece model that transformers can"):
         load_tokenizer(str(tmp_path))
 
 

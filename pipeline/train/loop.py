@@ -1,0 +1,307 @@
+"""`pipeline train`: set up, then one readable training loop.
+
+Data: `BlockDataset` (shards, read on demand) -> `BlockSampler` (this rank's micro-batches) ->
+`MLMCollator` (dynamic masking) through a torch DataLoader. Model: `MaskedLMObjective` over a
+Hugging Face masked-LM model, in DDP when started by `torchrun`, optionally compiled. One
+optimizer step = grad_accum micro-batches on every rank; its loss is the mean over all masked
+tokens of the step (counted across micro-batches and ranks before the backward passes), so the
+gradient does not depend on how a step is cut into micro-batches or ranks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from pipeline import storage
+from pipeline.dataset_cache import local_dataset
+from pipeline.errors import DataError, PipelineError
+from pipeline.manifest import load_manifest
+from pipeline.train import checkpoint
+from pipeline.train.config import TrainConfig, parse_config
+from pipeline.train.dataset import BlockDataset
+from pipeline.train.masking import MaskingSpec, MLMCollator
+from pipeline.train.models import (
+    MaskedLMObjective,
+    build_optimizer,
+    build_scheduler,
+    check_doc_attention,
+    load_model,
+)
+from pipeline.train.runtime import (
+    MetricsLog,
+    Runtime,
+    evaluate,
+    expectation,
+    export_model,
+    log_samples,
+    perplexity,
+    setup_runtime,
+    verify_data,
+)
+from pipeline.train.sampler import BlockSampler
+
+MODEL_INPUTS = ("input_ids", "labels", "attention_mask")
+
+
+def main(argv: list[str]) -> int:
+    try:
+        cfg = parse_config(argv)
+        if storage.is_remote(cfg.data):
+            # Shards are memory-mapped: an s3:// dataset is mirrored into a local cache first,
+            # every shard checked against the manifest's sha256 (pipeline/dataset_cache.py).
+            local, fetched = local_dataset(cfg.data)
+            print(f"data: {cfg.data} cached in {local} ({fetched:,} bytes fetched)", flush=True)
+            cfg = dataclasses.replace(cfg, data=str(local))
+        rt = setup_runtime(cfg.device, cfg.precision)
+        try:
+            train(cfg, rt)
+        finally:
+            rt.close()
+    except PipelineError as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+@dataclass(kw_only=True)
+class Session:
+    """Everything the loop works with, built by `setup`."""
+
+    model: Any
+    objective: MaskedLMObjective
+    runner: Any  # the objective, maybe in DDP, maybe compiled
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    sampler: BlockSampler
+    train_data: BlockDataset
+    val_data: BlockDataset
+    spec: MaskingSpec
+    collator: MLMCollator
+    total_steps: int
+    warmup_steps: int
+    step: int = 0
+    best_eval_loss: float | None = None
+    resumed: bool = False
+
+
+def setup(cfg: TrainConfig, rt: Runtime) -> Session:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    transformers.utils.logging.disable_progress_bar()  # save_pretrained's bars: noise here
+    if cfg.verify:
+        verify_data(cfg.data, rt)
+    manifest = load_manifest(cfg.data)
+    tok, block_size = manifest["tokenizer"], int(manifest["config"]["block_size"])
+    resume_from = checkpoint.resolve_resume(cfg.output, cfg.resume) if cfg.resume else None
+    prior = checkpoint.read_state(resume_from) if resume_from else None
+    checkpoint.prepare_run(cfg.output, prior, cfg.to_dict(), rt.world_size, rt.rank)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    model = load_model(str(resume_from) if resume_from else cfg.model, tok, block_size)
+    if cfg.doc_attention:
+        check_doc_attention(model)
+    expect = expectation(cfg.model, prior, model, resume_from)
+    docs = cfg.doc_attention
+    window = cfg.shuffle_window
+    train_data = BlockDataset(
+        cfg.data, "train", expect=expect, cache_chunks=window + 2, with_doc_ids=docs
+    )
+    val_data = BlockDataset(cfg.data, "validation", expect=expect, with_doc_ids=docs)
+    if prior and prior["data"]["num_blocks"] != len(train_data):
+        raise DataError(
+            f"{cfg.data}: checkpoint {resume_from} expects {prior['data']['num_blocks']} "
+            f"training blocks, found {len(train_data)}; resume on the data it was trained on"
+        )
+    spec = MaskingSpec.from_manifest(
+        tok,
+        probability=cfg.mlm_probability,
+        mask_fraction=cfg.mask_replace_prob,
+        random_fraction=cfg.random_replace_prob,
+    )
+    sampler = BlockSampler(
+        train_data.chunk_sizes,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        rank=rt.rank,
+        world_size=rt.world_size,
+        window_chunks=window,
+    )
+    step_blocks = cfg.batch_size * cfg.grad_accum * rt.world_size
+    total_steps = cfg.max_steps or math.ceil(cfg.epochs * len(train_data) / step_blocks)
+    warmup_steps = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * total_steps)
+    model.to(rt.device).train()
+    objective = MaskedLMObjective(model)
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, fused=rt.cuda)
+    session = Session(
+        model=model,
+        objective=objective,
+        runner=objective,
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, total_steps, warmup_steps),
+        sampler=sampler,
+        train_data=train_data,
+        val_data=val_data,
+        spec=spec,
+        collator=MLMCollator(spec, seed=cfg.seed, doc_attention=docs, with_keys=cfg.log_samples),
+        total_steps=total_steps,
+        warmup_steps=warmup_steps,
+    )
+    if resume_from and prior:
+        checkpoint.restore(resume_from, optimizer, session.scheduler, rt.rank, rt.device)
+        sampler.load_state_dict(prior["sampler"])
+        session.step, session.best_eval_loss = int(prior["step"]), prior.get("best_eval_loss")
+        session.resumed = True
+    else:
+        torch.manual_seed(cfg.seed + rt.rank)  # dropout differs between ranks
+    if rt.distributed:
+        ids = [rt.device.index] if rt.cuda else None
+        session.runner = torch.nn.parallel.DistributedDataParallel(objective, device_ids=ids)
+    if cfg.compile:
+        session.runner = torch.compile(session.runner)
+    return session
+
+
+def train(cfg: TrainConfig, rt: Runtime) -> dict[str, Any]:
+    """Train; returns the last evaluation ({"step", "eval_loss", "eval_ppl"})."""
+    s = setup(cfg, rt)
+    block_size = s.train_data.block_size
+    step_blocks = cfg.batch_size * cfg.grad_accum * rt.world_size
+    metrics = MetricsLog(cfg.output, rt.rank == 0, resume_step=s.step if s.resumed else None)
+    metrics.write(
+        {"event": "start", "step": s.step, "total_steps": s.total_steps,
+         "warmup_steps": s.warmup_steps, "blocks_per_step": step_blocks,
+         "world_size": rt.world_size, "train_blocks": len(s.train_data),
+         "validation_blocks": len(s.val_data)}
+    )  # fmt: skip
+    last_eval: dict[str, Any] = {}
+
+    def run_eval() -> float:
+        loss = evaluate(
+            s.objective, s.val_data, s.spec, num_blocks=cfg.eval_blocks,
+            batch_size=cfg.eval_batch_size or cfg.batch_size, doc_attention=cfg.doc_attention,
+            rt=rt,
+        )  # fmt: skip
+        last_eval.update(step=s.step, eval_loss=loss, eval_ppl=perplexity(loss))
+        metrics.write(
+            {"event": "eval", "epoch": s.sampler.epoch_of(s.sampler.position), **last_eval}
+        )
+        return loss
+
+    if not s.resumed:
+        run_eval()
+    loader = DataLoader(
+        s.train_data,
+        sampler=s.sampler,
+        batch_size=None,
+        collate_fn=s.collator,
+        num_workers=cfg.workers,
+        pin_memory=rt.cuda,
+        prefetch_factor=4 if cfg.workers else None,
+        generator=torch.Generator().manual_seed(cfg.seed),  # leaves the global RNG alone
+    )
+    batches = iter(loader)
+    samples_path = Path(cfg.output, f"samples-rank{rt.rank}.jsonl")
+    if cfg.log_samples and not s.resumed:
+        samples_path.write_text("")
+    bar = tqdm(total=s.total_steps, initial=s.step, disable=cfg.quiet or rt.rank != 0)
+    interval_loss = torch.zeros((), dtype=torch.float64, device=rt.device)
+    interval_masked, interval_steps, started = 0, 0, time.perf_counter()
+    epoch = int(s.sampler.epoch_of(s.sampler.position))
+    while s.step < s.total_steps:
+        micro = [next(batches) for _ in range(cfg.grad_accum)]
+        if cfg.log_samples:
+            log_samples(samples_path, s.step + 1, micro, len(s.train_data))
+        n_masked = rt.all_reduce_int(sum(int((b["labels"] != -100).sum()) for b in micro))
+        scale = rt.world_size / max(n_masked, 1)  # DDP averages over ranks: undo, then mean
+        for i, batch in enumerate(micro):
+            inputs = {k: batch[k].to(rt.device, non_blocking=rt.cuda) for k in MODEL_INPUTS
+                      if k in batch}  # fmt: skip
+            last = i == len(micro) - 1
+            with nullcontext() if last or not rt.distributed else s.runner.no_sync():
+                with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.bf16):
+                    loss_sum, _ = s.runner(**inputs)
+                (loss_sum * scale).backward()
+            interval_loss += loss_sum.detach()
+        max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(s.model.parameters(), max_norm)
+        s.optimizer.step()
+        s.scheduler.step()
+        s.optimizer.zero_grad(set_to_none=True)
+        s.step += 1
+        s.sampler.mark_consumed(cfg.grad_accum)
+        interval_masked += n_masked
+        interval_steps += 1
+        bar.update(1)
+        if s.step % cfg.log_steps == 0 or s.step == s.total_steps:
+            seconds = time.perf_counter() - started
+            blocks = interval_steps * step_blocks
+            record = {
+                "event": "train",
+                "step": s.step,
+                "epoch": s.sampler.epoch_of(s.sampler.position),
+                "loss": rt.all_reduce_float(interval_loss) / max(interval_masked, 1),
+                "lr": s.scheduler.get_last_lr()[0],
+                "grad_norm": float(grad_norm),
+                "samples_per_s": blocks / seconds,
+                "tokens_per_s": blocks * block_size / seconds,
+                "masked_tokens_per_s": interval_masked / seconds,
+            }
+            metrics.write(record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                            tok_s=f"{record['tokens_per_s']:,.0f}")  # fmt: skip
+            interval_loss.zero_()
+            interval_masked, interval_steps, started = 0, 0, time.perf_counter()
+        new_epoch = int(s.sampler.epoch_of(s.sampler.position))
+        at_end = s.step == s.total_steps
+        do_eval = (
+            at_end or new_epoch > epoch or bool(cfg.eval_steps and s.step % cfg.eval_steps == 0)
+        )
+        epoch = new_epoch
+        eval_loss = run_eval() if do_eval else None
+        if eval_loss is not None and (s.best_eval_loss is None or eval_loss < s.best_eval_loss):
+            s.best_eval_loss = eval_loss
+        if at_end or (s.step % cfg.save_steps == 0 if cfg.save_steps else do_eval):
+            _save(cfg, rt, s, eval_loss)
+    bar.close()
+    if rt.rank == 0:
+        export_model(s.model, cfg.data, cfg.output)
+        print(f"done: {s.step} steps, eval loss {last_eval.get('eval_loss', math.nan):.4f}, "
+              f"perplexity {last_eval.get('eval_ppl', math.nan):.2f} -> {cfg.output}",
+              file=sys.stderr)  # fmt: skip
+    return last_eval
+
+
+def _save(cfg: TrainConfig, rt: Runtime, s: Session, eval_loss: float | None) -> None:
+    state = {
+        "step": s.step,
+        "sampler": s.sampler.state_dict(),
+        "epoch": s.sampler.epoch_of(s.sampler.position),
+        "eval_loss": eval_loss,
+        "best_eval_loss": s.best_eval_loss,
+        "total_steps": s.total_steps,
+        "world_size": rt.world_size,
+        "config": cfg.to_dict(),
+        "data": s.train_data.identity(),
+    }
+    checkpoint.save_checkpoint(
+        cfg.output,
+        s.step,
+        model=s.model,
+        optimizer=s.optimizer,
+        scheduler=s.scheduler,
+        state=state,
+        rank=rt.rank,
+        barrier=rt.barrier,
+        keep_last=cfg.save_total_limit,
+    )

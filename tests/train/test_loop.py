@@ -1,0 +1,176 @@
+"""`pipeline train` end to end on CPU: learning, exact resume, checkpoints, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from pipeline.cli import main as cli_main  # noqa: E402
+from pipeline.train import checkpoint  # noqa: E402
+from pipeline.train.loop import main  # noqa: E402
+from tests.conftest import UNIGRAM  # noqa: E402
+
+QUICK = ["--batch-size", "8", "--eval-blocks", "32", "--workers", "0", "--threads", "1"]
+QUICK += ["--quiet", "--lr", "2e-3"]
+
+
+def records(run: Path, event: str) -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["event"] == event]
+
+
+def train(shards: str, run: Path, *extra: str) -> int:
+    return main(["--data", shards, "--output", str(run), *QUICK, *extra])
+
+
+@pytest.mark.timeout(300)
+def test_validation_perplexity_falls_well_below_its_start(shards: str, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    code = train(shards, run, "--model", "tiny-bert", "--max-steps", "200", "--log-steps",
+                 "20", "--eval-steps", "100", "--eval-blocks", "256", "--warmup-ratio", "0.05",
+                 "--weight-decay", "0.01")  # fmt: skip
+    assert code == 0
+    evals = records(run, "eval")
+    assert [e["step"] for e in evals] == [0, 100, 200]
+    first, last = evals[0]["eval_ppl"], evals[-1]["eval_ppl"]
+    # Measured: 30,229 at step 0 (a uniform guess over 30,522 ids), 1,155 after 200 steps.
+    assert first > 20_000
+    assert last < 0.1 * first, evals
+    trains = records(run, "train")
+    assert len(trains) == 10 and trains[-1]["loss"] < trains[0]["loss"] - 1.0
+    assert all(r["tokens_per_s"] > 0 and r["samples_per_s"] > 0 for r in trains)
+    assert trains[-1]["lr"] == 0.0  # linear decay ends at zero
+    model = run / "model"
+    assert (model / "model.safetensors").is_file() and (model / "tokenizer.json").is_file()
+
+
+@pytest.mark.timeout(300)
+def test_resume_repeats_the_uninterrupted_loss_curve(shards: str, tmp_path: Path) -> None:
+    whole = tmp_path / "whole"
+    args = ["--model", "tiny-bert", "--max-steps", "12", "--save-steps", "6", "--log-steps", "1"]
+    args += ["--eval-steps", "0", "--warmup-steps", "3", "--weight-decay", "0.01"]
+    assert train(shards, whole, *args) == 0
+    kept = [p.name for p in checkpoint.list_checkpoints(str(whole))]
+    assert kept == ["step-00000006", "step-00000012"]
+    # An interrupted run: its last checkpoint is at step 6 and its metrics go further.
+    cut = tmp_path / "cut"
+    shutil.copytree(whole, cut)
+    shutil.rmtree(cut / "checkpoints" / "step-00000012")
+    shutil.rmtree(cut / "model")
+    assert train(shards, cut, *args, "--resume", "--workers", "2") == 0
+    losses = [r["loss"] for r in records(whole, "train")]
+    resumed = [r["loss"] for r in records(cut, "train")]
+    assert len(losses) == 12 and losses[0] > 0
+    assert resumed == losses  # exactly: same batches, masks, dropout and optimizer state
+    assert records(cut, "eval")[-1]["eval_loss"] == records(whole, "eval")[-1]["eval_loss"]
+    state = checkpoint.read_state(checkpoint.checkpoint_path(str(cut), 12))
+    assert state["sampler"]["position"] == 12 * 8 and state["step"] == 12
+
+
+def test_rotation_keeps_the_newest_and_the_best(tmp_path: Path) -> None:
+    for step, loss in [(10, 3.0), (20, 1.0), (30, 2.0), (40, None), (50, 2.5)]:
+        path = checkpoint.checkpoint_path(str(tmp_path), step)
+        path.mkdir(parents=True)
+        (path / checkpoint.STATE_FILE).write_text(json.dumps({"eval_loss": loss}))
+    (tmp_path / "checkpoints" / ".tmp-step-00000060").mkdir()  # a crashed save
+    kept = checkpoint.rotate(str(tmp_path), keep_last=2)
+    assert [p.name for p in kept] == ["step-00000020", "step-00000040", "step-00000050"]
+    checkpoint.remove_partial(str(tmp_path))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "step-00000020",
+        "step-00000040",
+        "step-00000050",
+    ]
+    assert checkpoint.resolve_resume(str(tmp_path), "latest").name == "step-00000050"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--model", "tiny-bert", "--doc-attention", "--grad-accum", "2"],
+        ["--model", "tiny-deberta-v2", "--mlm-probability", "0.3"],
+    ],
+)
+def test_other_models_and_options_train(shards: str, tmp_path: Path, extra: list[str]) -> None:
+    run = tmp_path / "run"
+    assert train(shards, run, *extra, "--max-steps", "3", "--log-steps", "1") == 0
+    losses = [r["loss"] for r in records(run, "train")]
+    assert len(losses) == 3 and all(6.0 < x < 12.0 for x in losses)
+
+
+def test_a_trained_folder_is_a_model_and_its_tokenizer_is_checked(
+    shards: str, tmp_path: Path
+) -> None:
+    first = tmp_path / "first"
+    assert train(shards, first, "--model", "tiny-bert", "--max-steps", "2") == 0
+    second = tmp_path / "second"
+    model = str(first / "model")
+    assert train(shards, second, "--model", model, "--max-steps", "2") == 0
+    assert len(records(second, "train")) == 1
+    shutil.copyfile(UNIGRAM / "tokenizer.json", first / "model" / "tokenizer.json")
+    code = train(shards, tmp_path / "third", "--model", model, "--max-steps", "2")
+    assert code == 1  # DataError: tokenized with another tokenizer
+
+
+def test_pipeline_train_passes_every_flag_to_the_trainer(shards: str, tmp_path: Path) -> None:
+    """`pipeline train --data ...`: the first trainer flag must not be taken by cli.py."""
+    run = tmp_path / "run"
+    argv = ["train", "--data", shards, "--output", str(run), "--model", "tiny-bert"]
+    assert cli_main([*argv, *QUICK, "--max-steps", "1"]) == 0
+    assert len(records(run, "train")) == 1
+
+
+def test_user_errors_exit_with_a_message(
+    shards: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fails(code: int, match: str, *args: str) -> None:
+        assert train(shards, tmp_path / "run", *args) == code
+        assert match in capsys.readouterr().err
+
+    fails(2, "--model bert-large: expected a local model folder", "--model", "bert-large")
+    fails(2, "--batch-size: expected at least 1, found 0", "--model", "tiny-bert",
+          "--batch-size", "0")  # fmt: skip
+    fails(2, "--resume: expected a checkpoint in", "--model", "tiny-bert", "--resume")
+    fails(2, "--doc-attention: expected a model that accepts a 4-D attention mask, found "
+          "model_type deberta-v2", "--model", "tiny-deberta-v2", "--doc-attention")  # fmt: skip
+    fails(2, "--mask-replace-prob 0.9 and --random-replace-prob 0.2", "--model", "tiny-bert",
+          "--mask-replace-prob", "0.9", "--random-replace-prob", "0.2")  # fmt: skip
+    monkeypatch.setitem(sys.modules, "pipeline.verification", None)
+    fails(2, "--verify: expected pipeline.verification", "--model", "tiny-bert", "--verify")
+    fake = types.ModuleType("pipeline.verification")
+    fake.verify_output = lambda output: [f"{output}/train/shard-00001.arrow: sha256 differs"]
+    monkeypatch.setitem(sys.modules, "pipeline.verification", fake)
+    fails(1, "found 1 problems (", "--model", "tiny-bert", "--verify")
+
+
+def test_a_run_folder_is_resumed_or_overwritten_never_mixed(
+    shards: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    assert train(shards, run, "--model", "tiny-bert", "--max-steps", "1") == 0
+    capsys.readouterr()
+    assert train(shards, run, "--model", "tiny-bert", "--max-steps", "2") == 2
+    assert "expected a new run folder, found checkpoints of an earlier run" in (
+        capsys.readouterr().err
+    )
+    assert train(shards, run, "--model", "tiny-bert", "--resume", "--seed", "7") == 2
+    assert "--seed 7: expected 42 as in the checkpoint" in capsys.readouterr().err
+    state_file = checkpoint.checkpoint_path(str(run), 1) / checkpoint.STATE_FILE
+    state = json.loads(state_file.read_text())
+    state["data"]["block_size"] = 512
+    state_file.write_text(json.dumps(state))
+    assert train(shards, run, "--model", "tiny-bert", "--max-steps", "2", "--resume") == 1
+    assert "expects block size 512, found 128" in capsys.readouterr().err
+    (run / "checkpoints" / ".tmp-step-00000009").mkdir()  # a crashed save
+    assert train(shards, run, "--model", "tiny-bert", "--max-steps", "2", "--overwrite",
+                 "--log-steps", "1") == 0  # fmt: skip
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000002"]
+    assert [r["step"] for r in records(run, "train")] == [1, 2]
