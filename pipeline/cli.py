@@ -100,7 +100,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.storage_endpoint:
         os.environ[storage.ENDPOINT_ENV] = args.storage_endpoint
     if args.workers is not None and args.workers < 1:
-        raise UsageError(f"--workers: expected at least 1, found {args.workers}")
+        raise UsageError(f"--workers: expected at least 1, found {args.workers}; pass 1 or more")
+    if args.threads_per_worker < 1:
+        raise UsageError(
+            f"--threads-per-worker: expected at least 1, found {args.threads_per_worker}; "
+            "pass 1 (the default) or more"
+        )
     config = config_from_args(args)
     # Absolute paths, so that the run's identity (and resume) does not depend on the cwd.
     config = RunConfig.from_dict(

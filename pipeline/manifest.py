@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline import FORMAT_VERSION, storage
-from pipeline.errors import DataError
+from pipeline.errors import DataError, brief
 
 SKIP_REASONS = ("null_text", "empty_text", "invalid_utf8")
 MANIFEST_NAME = "manifest.json"
@@ -37,6 +37,8 @@ class Ledger:
     num_block_tokens: int = 0
     num_carried_out: int = 0
     num_dropped_tokens: int = 0
+    # Documents whose start fell in the split's dropped remainder: packed, yet in no block.
+    num_documents_dropped: int = 0
 
     def add(self, other: Ledger) -> None:
         for f in dataclasses.fields(self):
@@ -105,7 +107,7 @@ def shard_name(index: int) -> str:
 
 
 def sidecar_uri(output: str, split: str, index: int) -> str:
-    return storage.join(output, split, f"shard-{index:05d}.json")
+    return storage.join(output, split, shard_name(index).removesuffix(".arrow") + ".json")
 
 
 def shard_uri(output: str, split: str, index: int) -> str:
@@ -121,10 +123,14 @@ def read_json(uri: str) -> dict[str, Any]:
     try:
         return json.loads(storage.read_bytes(uri))
     except (OSError, FileNotFoundError) as exc:
-        raise DataError(f"{uri}: expected a JSON file, found none ({exc})") from exc
+        raise DataError(
+            f"{uri}: expected a JSON file, found none ({brief(exc)}); rerun the command that "
+            "writes it (`pipeline run` resumes)"
+        ) from exc
     except json.JSONDecodeError as exc:
         raise DataError(
-            f"{uri}: expected JSON, found a damaged file ({exc}); rerun the command to rewrite"
+            f"{uri}: expected JSON, found a damaged file ({brief(exc)}); rerun the command to "
+            "rewrite it"
         ) from exc
 
 

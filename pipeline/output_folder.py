@@ -8,12 +8,19 @@ split's sidecar carries this run's digest and its shard has the recorded size an
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
-from pathlib import Path
+import os
+from collections.abc import Iterator
+from glob import has_magic as glob_chars
 from typing import Any
 
-from pipeline import storage
+import pyarrow as pa
+import tokenizers
+
+from pipeline import FORMAT_VERSION, __version__, storage
 from pipeline.errors import UsageError
 from pipeline.manifest import (
     MANIFEST_NAME,
@@ -23,29 +30,46 @@ from pipeline.manifest import (
     shard_uri,
     write_json_atomic,
 )
+from pipeline.sources import format_of
 from pipeline.split import SPLITS
 
 RUN_FILE = "run.json"
+LOCK_FILE = ".lock"
 
 
 def run_identity(config: dict[str, Any], tokenizer_sha256: str, inputs: list[dict]) -> dict:
+    """What decides the output bytes: a rerun resumes only when all of this is the same.
+
+    Besides config, tokenizer and inputs (path, size, rows, modification time), the versions
+    of the code that write the bytes: this package, its format, tokenizers and pyarrow.
+    """
     config = {k: v for k, v in config.items() if k != "output"}
-    return {"config": config, "tokenizer_sha256": tokenizer_sha256, "inputs": inputs}
+    versions = {
+        "pipeline": __version__,
+        "format": FORMAT_VERSION,
+        "tokenizers": tokenizers.__version__,
+        "pyarrow": pa.__version__,
+    }
+    stamped = [{**i, "mtime_ns": storage.mtime_ns(i["path"])} for i in inputs]
+    return {
+        "config": config,
+        "tokenizer_sha256": tokenizer_sha256,
+        "inputs": stamped,
+        "versions": versions,
+    }
 
 
 def digest_of(identity: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
-def check_not_inside_inputs(output: str, input_paths: list[str], inputs: tuple[str, ...]) -> None:
-    if storage.is_remote(output):
-        return
-    out = Path(storage.normalize(output))
+def check_not_inside_inputs(output: str, inputs: tuple[str, ...]) -> None:
+    out = storage.normalize(output).rstrip("/") + "/"
     for item in inputs:
-        if storage.is_remote(item) or not Path(item).is_dir():
-            continue
-        folder = Path(storage.normalize(item))
-        if out == folder or folder in out.parents:
+        if glob_chars(item) or format_of(item):
+            continue  # a file or a glob, not a folder the output could sit in
+        folder = storage.normalize(item).rstrip("/") + "/"
+        if out.startswith(folder):
             raise UsageError(
                 f"--output {output}: expected a folder outside the input folder {item}, found "
                 "it inside; a rerun would read its own shards. Choose another --output"
@@ -88,19 +112,58 @@ def describe_difference(previous: dict[str, Any], identity: dict[str, Any]) -> s
     if previous.get("tokenizer_sha256") != identity["tokenizer_sha256"]:
         diffs.append("tokenizer: a different tokenizer.json (sha256 differs)")
     if previous.get("inputs") != identity["inputs"]:
-        diffs.append("inputs: different files, sizes or row counts")
-    return "; ".join(diffs) or "a different pipeline version"
+        diffs.append("inputs: different files, sizes, row counts or modification times")
+    old_v, new_v = previous.get("versions", {}), identity["versions"]
+    diffs += [
+        f"{name} version: {old_v.get(name)!r} there, {new_v[name]!r} now"
+        for name in sorted(new_v)
+        if old_v.get(name) != new_v[name]
+    ]
+    return "; ".join(diffs)
 
 
 def _has_foreign_files(output: str) -> bool:
-    return storage.exists(output) and bool(storage.list_files(output, recursive=True))
+    if not storage.exists(output):
+        return False
+    return any(not uri.endswith("/" + LOCK_FILE) for uri in storage.list_files(output, True))
+
+
+@contextlib.contextmanager
+def exclusive(output: str) -> Iterator[None]:
+    """One run at a time in a local output folder: an exclusive flock on OUT/.lock.
+
+    The kernel releases it when the process dies, so a crash leaves no stale lock. Object
+    stores have no such lock: do not point two runs at one s3:// output.
+    """
+    if storage.is_remote(output):
+        yield
+        return
+    storage.make_dirs(output)
+    fd = os.open(os.path.join(storage.normalize(output), LOCK_FILE), os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UsageError(
+            f"--output {output}: expected no other run writing there, found one running (it "
+            f"holds {LOCK_FILE}); wait for it to finish, or choose another --output"
+        ) from None
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+RUN_FILES = (MANIFEST_NAME, RUN_FILE, "tokenizer.json", "timings.json")
 
 
 def remove_run(output: str) -> None:
+    """Delete what a run writes: its top-level files and the split folders, nothing else
+    (a training run kept in OUT/run/ has files of the same names)."""
     for uri in storage.list_files(output, recursive=True):
-        name = uri.rsplit("/", 1)[-1]
-        top = uri[len(output) :].lstrip("/").split("/", 1)[0]
-        if top in SPLITS or name in (MANIFEST_NAME, RUN_FILE, "tokenizer.json", "timings.json"):
+        relative = uri[len(output) :].lstrip("/")
+        top = relative.split("/", 1)[0]
+        if relative in RUN_FILES or (top in SPLITS and "/" in relative):
             storage.remove(uri)
 
 

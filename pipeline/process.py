@@ -17,7 +17,7 @@ from tokenizers import Tokenizer
 from pipeline import storage
 from pipeline.config import RunConfig
 from pipeline.errors import DataError
-from pipeline.manifest import Ledger, Sidecar, shard_uri, write_sidecar
+from pipeline.manifest import Ledger, Sidecar, shard_name, shard_uri, write_sidecar
 from pipeline.packing import Blocks, Packer, PackSpec, build_stream
 from pipeline.readers import BadInputError, is_invalid, read_documents
 from pipeline.shards import ShardMeta, ShardWriter
@@ -49,7 +49,14 @@ def load_encoder(output: str, dtype: str, expected_sha256: str) -> DocumentEncod
     key = (output, expected_sha256)
     if key not in _ENCODERS:
         # The file is the canonical JSON the driver hashed: its bytes are the identity.
-        text = storage.read_bytes(storage.join(output, TOKENIZER_FILE)).decode()
+        uri = storage.join(output, TOKENIZER_FILE)
+        if not storage.exists(uri):
+            raise DataError(
+                f"{uri}: expected the run's tokenizer, written by the driver, found nothing on "
+                "this worker; on a cluster of several nodes --output must be storage every node "
+                "shares (s3:// or a shared filesystem)"
+            )
+        text = storage.read_bytes(uri).decode()
         tok = Tokenizer.from_str(text)
         info = describe_tokenizer(tok, dtype, canonical=text)
         if info.sha256 != expected_sha256:
@@ -138,24 +145,10 @@ def process_unit(
         leftover, leftover_starts = built.packers[split].leftover()
         ledger = built.ledgers[split]
         ledger.num_carried_out = int(leftover.size)
-        info = built.writers[split].close()
-        write_sidecar(
-            config.output,
-            unit.index,
-            Sidecar(
-                split=split,
-                shard=shard_uri("", split, unit.index).rsplit("/", 1)[-1],
-                sha256=info.sha256,
-                num_bytes=info.num_bytes,
-                num_blocks=info.num_blocks,
-                num_doc_starts=info.num_doc_starts,
-                unit=unit_record,
-                run_digest=run_digest,
-                ledger=ledger,
-                leftover_tokens=leftover.tolist(),
-                leftover_starts=leftover_starts.tolist(),
-            ),
-        )
+        publish_shard(
+            config.output, split, unit.index, built.writers[split], unit_record, run_digest,
+            ledger, leftover, leftover_starts,
+        )  # fmt: skip
         num_documents += ledger.num_documents_packed
         num_tokens += ledger.num_document_tokens
     return UnitSummary(
@@ -169,6 +162,36 @@ def process_unit(
     )
 
 
+def publish_shard(
+    output: str,
+    split: str,
+    index: int,
+    writer: ShardWriter,
+    unit: dict[str, object],
+    run_digest: str,
+    ledger: Ledger,
+    leftover: np.ndarray,
+    leftover_starts: np.ndarray,
+) -> Sidecar:
+    """Commit one shard: the shard file (atomically), then its sidecar."""
+    written = writer.close()
+    sidecar = Sidecar(
+        split=split,
+        shard=shard_name(index),
+        sha256=written.sha256,
+        num_bytes=written.num_bytes,
+        num_blocks=written.num_blocks,
+        num_doc_starts=written.num_doc_starts,
+        unit=unit,
+        run_digest=run_digest,
+        ledger=ledger,
+        leftover_tokens=leftover.tolist(),
+        leftover_starts=leftover_starts.tolist(),
+    )
+    write_sidecar(output, index, sidecar)
+    return sidecar
+
+
 def _pack_documents(
     unit: WorkUnit, config: RunConfig, encoder: DocumentEncoder, built: _UnitOutput
 ) -> int:
@@ -177,7 +200,12 @@ def _pack_documents(
     num_rows = 0
     for batch_no, batch in enumerate(read_documents(unit, config.text_column, config.id_column)):
         num_rows += len(batch.texts)
-        is_validation = assign_validation(batch.ids, config.validation_fraction)
+        # A row without an id is keyed by its text: the split then does not depend on where
+        # the corpus lies, and exact duplicates land in the same split.
+        keys = [
+            i if i is not None else (t or "") for i, t in zip(batch.ids, batch.texts, strict=True)
+        ]
+        is_validation = assign_validation(keys, config.validation_fraction)
         kept, reasons = _classify(batch.texts)
         ids, lengths = encoder.encode([batch.texts[k] for k in kept])
         kept_validation = is_validation[kept]

@@ -15,8 +15,9 @@ from functools import partial
 
 import ray
 
+from pipeline import storage
 from pipeline.config import RunConfig
-from pipeline.errors import PipelineError
+from pipeline.errors import DataError, PipelineError, brief
 from pipeline.process import FAULT_MARKER_ENV, FAULT_UNIT_ENV, UnitSummary, process_unit
 from pipeline.sources import WorkUnit
 from pipeline.startup_worker import StartupWorker
@@ -78,7 +79,14 @@ class RayExecutor:
         if not units:
             return
         early = None
-        if self.work_while_starting and not self.address and not ray.is_initialized():
+        remote = storage.is_remote(config.output) or any(map(storage.is_remote, config.inputs))
+        # Not with object storage: forking after the AWS SDK has started threads is unsafe.
+        if (
+            self.work_while_starting
+            and not self.address
+            and not ray.is_initialized()
+            and not remote
+        ):
             # A local Ray takes 5-9 s to start here; meanwhile a forked child of this process
             # works through units (see startup_worker.py), and Ray gets what is left.
             os.environ["RAYON_NUM_THREADS"] = str(self.threads)
@@ -133,3 +141,10 @@ class RayExecutor:
                 if isinstance(exc.cause, PipelineError | OSError):
                     raise exc.cause from None
                 raise
+            except ray.exceptions.RayError as exc:  # a worker died max_retries + 1 times, OOM
+                raise DataError(
+                    f"a work unit: expected it to finish, found its Ray worker lost "
+                    f"{self.max_retries + 1} times ({brief(exc)}); look for out-of-memory "
+                    "kills (`ray logs`), lower --unit-bytes or add memory, then rerun the "
+                    "same command to resume"
+                ) from None

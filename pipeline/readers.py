@@ -9,6 +9,7 @@ processor can count them; nothing is dropped silently.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 from collections.abc import Iterator
@@ -28,9 +29,8 @@ BATCH_BYTES = 8 * 1024 * 1024
 
 @dataclass(frozen=True)
 class DocumentBatch:
-    ids: list[str]  # the split key: the id column, or "<file>#<row>" where it is null
+    ids: list[str | None]  # None where the row has no id (the processor keys it by its text)
     texts: list[str | None]
-    num_invalid: int = 0  # rows dropped for invalid UTF-8 before they became texts
 
 
 class BadInputError(DataError):
@@ -69,20 +69,18 @@ def _read_parquet(unit: WorkUnit, text_column: str, id_column: str) -> Iterator[
                 for batch in batches:
                     a, b = max(lo - row, 0), min(hi - row, batch.num_rows)
                     if a < b:
-                        yield _parquet_batch(batch.slice(a, b - a), unit.path, row + a)
+                        yield _parquet_batch(batch.slice(a, b - a))
                     row += batch.num_rows
                     if row >= hi:
                         break
             first += n_rows
 
 
-def _parquet_batch(batch: pa.RecordBatch, path: str, first_row: int) -> DocumentBatch:
+def _parquet_batch(batch: pa.RecordBatch) -> DocumentBatch:
     ids = batch.column(0)
     if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
         ids = ids.cast(pa.string())
-    keys = [
-        i if i is not None else f"{path}#{first_row + k}" for k, i in enumerate(ids.to_pylist())
-    ]
+    keys = ids.to_pylist()
     texts_col = batch.column(1)
     try:
         texts = texts_col.to_pylist()
@@ -108,20 +106,26 @@ def is_invalid(text: str | None) -> bool:
     return isinstance(text, _Invalid)
 
 
-def _read_jsonl(unit: WorkUnit, text_column: str, id_column: str) -> Iterator[DocumentBatch]:
-    fs, inner = storage.resolve(unit.path)
+@contextlib.contextmanager
+def open_lines(path: str, fmt: str) -> Iterator[io.BufferedReader]:
+    """A JSON lines file as a stream of byte lines (zstd decompressed as a stream)."""
+    fs, inner = storage.resolve(path)
     with fs.open_input_stream(inner, compression=None) as raw:
         stream: io.BufferedIOBase = raw
-        if unit.format == "jsonl.zst":
+        if fmt == "jsonl.zst":
             stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-        reader = io.BufferedReader(stream, buffer_size=1 << 20)  # type: ignore[arg-type]
-        ids: list[str] = []
+        yield io.BufferedReader(stream, buffer_size=1 << 20)  # type: ignore[arg-type]
+
+
+def _read_jsonl(unit: WorkUnit, text_column: str, id_column: str) -> Iterator[DocumentBatch]:
+    with open_lines(unit.path, unit.format) as reader:
+        ids: list[str | None] = []
         texts: list[str | None] = []
         size = 0
         for line_no, line in enumerate(reader, start=1):
             if not line.strip():
                 continue
-            ids.append(f"{unit.path}#{line_no}")
+            ids.append(None)
             texts.append(_parse_line(line, unit.path, line_no, text_column, id_column, ids))
             size += len(line)
             if len(texts) >= BATCH_ROWS or size >= BATCH_BYTES:
@@ -132,7 +136,7 @@ def _read_jsonl(unit: WorkUnit, text_column: str, id_column: str) -> Iterator[Do
 
 
 def _parse_line(
-    line: bytes, path: str, line_no: int, text_column: str, id_column: str, ids: list[str]
+    line: bytes, path: str, line_no: int, text_column: str, id_column: str, ids: list[str | None]
 ) -> str | None:
     try:
         obj = json.loads(line)
@@ -144,7 +148,10 @@ def _parse_line(
             "fix or remove that line"
         ) from exc
     if not isinstance(obj, dict):
-        raise BadInputError(f"{path}:{line_no}: expected a JSON object, found {type(obj).__name__}")
+        raise BadInputError(
+            f"{path}:{line_no}: expected a JSON object, found {type(obj).__name__}; fix or "
+            "remove that line, or pass --on-bad-file skip"
+        )
     if obj.get(id_column) is not None:
         ids[-1] = str(obj[id_column])
     text = obj.get(text_column)

@@ -16,39 +16,33 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, TextIO
 
-import numpy as np
-
 from pipeline import __version__, storage
 from pipeline.config import RunConfig
-from pipeline.errors import DataError
+from pipeline.errors import DataError, brief
 from pipeline.manifest import (
     MANIFEST_NAME,
-    Ledger,
     Sidecar,
     build_manifest,
     read_sidecar,
-    shard_uri,
     write_json_atomic,
-    write_sidecar,
 )
 from pipeline.output_folder import (
     check_not_inside_inputs,
     claim,
+    exclusive,
     finished_sidecars,
     run_identity,
 )
-from pipeline.packing import Packer
 from pipeline.process import (
     TOKENIZER_FILE,
     UnitSummary,
     pack_spec,
     process_unit,
-    shard_meta,
 )
 from pipeline.progress import Progress
-from pipeline.shards import ShardWriter
 from pipeline.sources import InputFile, WorkUnit, describe_input, list_inputs, plan_units
 from pipeline.split import SPLITS
+from pipeline.stitching import stitch_leftovers
 from pipeline.tokenization import TokenizerInfo, canonical_json, describe_tokenizer, load_tokenizer
 
 
@@ -90,79 +84,35 @@ def run_pipeline(
     info = describe_tokenizer(tok, config.dtype, config.tokenizer, canonical=tok_text)
     pack_spec(config, info)  # fail early if framed packing is impossible
     paths = list_inputs(config.inputs)
-    check_not_inside_inputs(config.output, paths, config.inputs)
+    check_not_inside_inputs(config.output, config.inputs)
     files, skipped_files = _describe_inputs(paths, config)
     units = plan_units(files, config.unit_bytes)
     inputs = [{"path": f.path, "num_bytes": f.num_bytes, "num_rows": f.num_rows} for f in files]
-    digest = claim(config.output, run_identity(config.to_dict(), info.sha256, inputs), overwrite)
-    tok_uri = storage.join(config.output, TOKENIZER_FILE)
-    if not storage.exists(tok_uri):
-        storage.write_bytes_atomic(tok_uri, tok_text.encode())
-
-    done = {u.index: finished_sidecars(config.output, u.index, digest) for u in units}
-    pending = [u for u in units if done[u.index] is None]
-    progress = None
-    if progress_stream is not None:
-        progress = Progress(len(pending), sum(u.text_bytes for u in pending), progress_stream)
-        if len(pending) < len(units):
-            progress_stream.write(f"resuming: {len(units) - len(pending)} units already done\n")
-    num_tokens = peak_rss = 0
-    rows_by_path: dict[str, int] = {}
-    for summary in executor.run(pending, config, info.sha256, digest):
-        num_tokens += summary.num_tokens
-        peak_rss = max(peak_rss, summary.peak_rss_bytes)
-        if progress:
-            progress.update(summary)
-    sidecars = {split: [] for split in SPLITS}
-    for unit in units:
-        # Units done before were checked (sha256) above; units run now are trusted as written.
-        cars = done[unit.index] or _sidecars_of(config.output, unit.index, digest)
-        if cars is None:
-            raise DataError(
-                f"{config.output}: expected finished shards for unit {unit.index} "
-                f"({unit.path}), found them missing or altered after the unit ran; rerun"
-            )
-        for split in SPLITS:
-            sidecars[split].append(cars[split])
-        ledger = cars["train"].ledger
-        ledger_v = cars["validation"].ledger
-        rows_by_path[unit.path] = (
-            rows_by_path.get(unit.path, 0) + ledger.num_documents + ledger_v.num_documents
+    with exclusive(config.output):
+        identity = run_identity(config.to_dict(), info.sha256, inputs)
+        digest = claim(config.output, identity, overwrite)
+        tok_uri = storage.join(config.output, TOKENIZER_FILE)
+        if not storage.exists(tok_uri):
+            storage.write_bytes_atomic(tok_uri, tok_text.encode())
+        done = {u.index: finished_sidecars(config.output, u.index, digest) for u in units}
+        pending = [u for u in units if done[u.index] is None]
+        num_tokens, peak_rss = _execute(executor, pending, len(units), config, info, digest,
+                                        progress_stream)  # fmt: skip
+        sidecars = _collect(config, info, units, done, digest)
+        manifest = build_manifest(
+            # Without `output`: a dataset is relocatable, and runs into two folders compare equal.
+            config={k: v for k, v in config.to_dict().items() if k != "output"},
+            tokenizer=_tokenizer_record(info),
+            inputs=_count_rows(inputs, units, sidecars),
+            skipped_files=skipped_files + _skipped_units(sidecars),
+            num_units=len(units),
+            sidecars=sidecars,
+            pipeline_version=__version__,
         )
-    for split in SPLITS:
-        sidecars[split].append(
-            stitch_leftovers(config, info, split, sidecars[split], digest, len(units))
-        )
-    for entry in inputs:
-        entry["num_rows"] = rows_by_path.get(entry["path"], 0)
-    skipped_files += [
-        {"path": car.unit["path"], "reason": car.unit["error"]}
-        for car in sidecars["train"]
-        if "error" in car.unit
-    ]
-    manifest = build_manifest(
-        # Without `output`: a dataset is relocatable, and runs into two folders compare equal.
-        config={k: v for k, v in config.to_dict().items() if k != "output"},
-        tokenizer=_tokenizer_record(info),
-        inputs=inputs,
-        skipped_files=skipped_files,
-        num_units=len(units),
-        sidecars=sidecars,
-        pipeline_version=__version__,
-    )
-    write_json_atomic(storage.join(config.output, MANIFEST_NAME), manifest)
+        _check_real_work(config, manifest)
+        write_json_atomic(storage.join(config.output, MANIFEST_NAME), manifest)
     seconds = time.monotonic() - started
-    write_json_atomic(
-        storage.join(config.output, "timings.json"),
-        {
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "seconds": round(seconds, 3),
-            "units_run": len(pending),
-            "document_tokens_this_run": num_tokens,
-            "tokens_per_second": round(num_tokens / max(seconds, 1e-9), 1),
-            "peak_worker_rss_bytes": peak_rss,
-        },
-    )
+    _write_timings(config.output, seconds, len(pending), num_tokens, peak_rss)
     return RunResult(
         manifest=manifest,
         num_units=len(units),
@@ -170,6 +120,112 @@ def run_pipeline(
         seconds=seconds,
         num_tokens=num_tokens,
     )
+
+
+def _execute(
+    executor: Executor,
+    pending: list[WorkUnit],
+    num_units: int,
+    config: RunConfig,
+    info: TokenizerInfo,
+    digest: str,
+    progress_stream: TextIO | None,
+) -> tuple[int, int]:
+    """Run the pending units; (document tokens, largest worker peak RSS)."""
+    progress = None
+    if progress_stream is not None:
+        progress = Progress(len(pending), sum(u.text_bytes for u in pending), progress_stream)
+        if len(pending) < num_units:
+            progress_stream.write(f"resuming: {num_units - len(pending)} units already done\n")
+    num_tokens = peak_rss = 0
+    for summary in executor.run(pending, config, info.sha256, digest):
+        num_tokens += summary.num_tokens
+        peak_rss = max(peak_rss, summary.peak_rss_bytes)
+        if progress:
+            progress.update(summary)
+    return num_tokens, peak_rss
+
+
+def _collect(
+    config: RunConfig,
+    info: TokenizerInfo,
+    units: list[WorkUnit],
+    done: dict[int, dict[str, Sidecar] | None],
+    digest: str,
+) -> dict[str, list[Sidecar]]:
+    """Every unit's sidecars in unit order, plus the stitched tail shard per split."""
+    sidecars: dict[str, list[Sidecar]] = {split: [] for split in SPLITS}
+    for unit in units:
+        # Units done before were checked (sha256) above; units run now are trusted as written.
+        cars = done[unit.index] or _sidecars_of(config.output, unit.index, digest)
+        if cars is None:
+            raise DataError(
+                f"{config.output}: expected finished shards for unit {unit.index} "
+                f"({unit.path}), found them missing or altered after the unit ran; rerun the "
+                "same command to redo it"
+            )
+        for split in SPLITS:
+            sidecars[split].append(cars[split])
+    for split in SPLITS:
+        tail = stitch_leftovers(config, info, split, sidecars[split], digest, len(units))
+        sidecars[split].append(tail)
+    return sidecars
+
+
+def _count_rows(
+    inputs: list[dict[str, Any]], units: list[WorkUnit], sidecars: dict[str, list[Sidecar]]
+) -> list[dict[str, Any]]:
+    """Parquet row counts come from the footers; JSON lines files' from reading them."""
+    read: dict[str, int] = {}
+    for unit, *cars in zip(units, *sidecars.values(), strict=False):
+        read[unit.path] = read.get(unit.path, 0) + sum(c.ledger.num_documents for c in cars)
+    return [
+        {**entry, "num_rows": read.get(entry["path"], 0)} if entry["num_rows"] is None else entry
+        for entry in inputs
+    ]
+
+
+def _skipped_units(sidecars: dict[str, list[Sidecar]]) -> list[dict[str, str]]:
+    return [
+        {"path": car.unit["path"], "reason": car.unit["error"]}
+        for car in sidecars["train"]
+        if "error" in car.unit
+    ]
+
+
+def _check_real_work(config: RunConfig, manifest: dict[str, Any]) -> None:
+    """A run that packed no document at all is a mistake (wrong column?), not a dataset."""
+    ledgers = [split["ledger"] for split in manifest["splits"].values()]
+    if sum(led["num_documents_packed"] for led in ledgers):
+        return
+    read = sum(led["num_documents"] for led in ledgers)
+    skipped: dict[str, int] = {}
+    for led in ledgers:
+        for reason, n in led["skipped"].items():
+            skipped[reason] = skipped.get(reason, 0) + n
+    raise DataError(
+        f"--input {' '.join(config.inputs)}: expected texts in column {config.text_column!r}, "
+        f"found none usable in {read:,} rows (skipped: {skipped}); check --text-column"
+    )
+
+
+def _write_timings(output: str, seconds: float, units_run: int, tokens: int, rss: int) -> None:
+    """After the manifest, and not part of it: a failure here does not fail the run."""
+    try:
+        write_json_atomic(
+            storage.join(output, "timings.json"),
+            {
+                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "seconds": round(seconds, 3),
+                "units_run": units_run,
+                "document_tokens_this_run": tokens,
+                "tokens_per_second": round(tokens / max(seconds, 1e-9), 1),
+                "peak_worker_rss_bytes": rss,
+            },
+        )
+    except OSError as exc:
+        print(f"warning: timings.json not written ({brief(exc)}); the run is complete",
+              file=sys.stderr)  # fmt: skip
 
 
 def _sidecars_of(output: str, index: int, digest: str) -> dict[str, Sidecar] | None:
@@ -194,56 +250,6 @@ def _describe_inputs(paths: list[str], config: RunConfig) -> tuple[list[InputFil
             f"usable (skipped: {json.dumps(skipped)[:300]})"
         )
     return files, skipped
-
-
-def stitch_leftovers(
-    config: RunConfig,
-    info: TokenizerInfo,
-    split: str,
-    cars: list[Sidecar],
-    digest: str,
-    index: int,
-) -> Sidecar:
-    """Pack the units' leftovers, in unit order, into the split's last shard."""
-    spec = pack_spec(config, info)
-    streams, starts, offset = [], [], 0
-    for car in cars:
-        streams.append(np.asarray(car.leftover_tokens, dtype=np.uint32))
-        starts.append(np.asarray(car.leftover_starts, dtype=np.int64) + offset)
-        offset += len(car.leftover_tokens)
-    stream = np.concatenate(streams) if streams else np.zeros(0, np.uint32)
-    packer = Packer(spec)
-    blocks = packer.add(stream, np.concatenate(starts) if starts else np.zeros(0, np.int64))
-    dropped, _ = packer.leftover()
-    writer = ShardWriter(
-        shard_uri(config.output, split, index),
-        shard_meta(config, info, split),
-        config.batch_blocks,
-        config.compression_level,
-    )
-    writer.write(blocks)
-    written = writer.close()
-    ledger = Ledger(
-        num_carried_in=int(stream.size),
-        num_special_tokens=blocks.num_blocks * spec.frame_tokens,
-        num_block_tokens=blocks.num_blocks * spec.block_size,
-        num_dropped_tokens=int(dropped.size),
-    )
-    car = Sidecar(
-        split=split,
-        shard=shard_uri("", split, index).rsplit("/", 1)[-1],
-        sha256=written.sha256,
-        num_bytes=written.num_bytes,
-        num_blocks=written.num_blocks,
-        num_doc_starts=written.num_doc_starts,
-        unit={"index": index, "kind": "tail"},
-        run_digest=digest,
-        ledger=ledger,
-        leftover_tokens=[],
-        leftover_starts=[],
-    )
-    write_sidecar(config.output, index, car)
-    return car
 
 
 def _tokenizer_record(info: TokenizerInfo) -> dict[str, Any]:

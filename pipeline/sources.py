@@ -9,11 +9,13 @@ unit, read as a stream of bounded line batches. A worker never holds a whole fil
 from __future__ import annotations
 
 import glob
+import json
 import math
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import zstandard
 
 from pipeline import storage
 from pipeline.errors import DataError, UsageError, brief
@@ -90,11 +92,17 @@ def list_inputs(inputs: tuple[str, ...]) -> list[str]:
 def _list_remote(uri: str) -> list[str]:
     if format_of(uri):
         if not storage.exists(uri):
-            raise UsageError(f"--input {uri}: expected an object there, found none")
+            raise UsageError(
+                f"--input {uri}: expected an object there, found none; check the bucket and key "
+                "(globs are not expanded on object storage: pass the folder instead)"
+            )
         return [uri]
     files = [p for p in storage.list_files(uri, recursive=True) if format_of(p)]
     if not files:
-        raise UsageError(f"--input {uri}: expected parquet/jsonl objects under it, found none")
+        raise UsageError(
+            f"--input {uri}: expected .parquet or .jsonl(.zst) objects under it, found none; "
+            "check the prefix (globs are not expanded on object storage)"
+        )
     return files
 
 
@@ -108,6 +116,7 @@ def describe_input(path: str, text_column: str, id_column: str) -> InputFile:
         )
     num_bytes = storage.size_of(path)
     if fmt != "parquet":
+        _check_jsonl_fields(path, fmt, text_column)
         return InputFile(path=path, format=fmt, num_bytes=num_bytes, num_rows=None)
     meta = _parquet_metadata(path)
     schema = meta.schema.to_arrow_schema()
@@ -116,6 +125,13 @@ def describe_input(path: str, text_column: str, id_column: str) -> InputFile:
         raise DataError(
             f"{path}: expected an id column {id_column!r}, found columns {schema.names}; "
             "pass --id-column with the column that names each document"
+        )
+    id_type = schema.field(id_column).type
+    if not (pa.types.is_string(id_type) or pa.types.is_large_string(id_type)
+            or pa.types.is_integer(id_type)):  # fmt: skip
+        raise DataError(
+            f"{path}: expected the id column {id_column!r} to hold strings or integers, found "
+            f"{id_type}; pass --id-column with a column that names each document"
         )
     text_index = schema.get_field_index(text_column)
     rows, text_bytes = [], []
@@ -131,6 +147,28 @@ def describe_input(path: str, text_column: str, id_column: str) -> InputFile:
         row_group_rows=tuple(rows),
         row_group_text_bytes=tuple(text_bytes),
     )
+
+
+def _check_jsonl_fields(path: str, fmt: str, text_column: str) -> None:
+    """The first object of a JSON lines file must have the text field (columns are only
+    checked this far: later lines without it are counted as null_text)."""
+    from pipeline.readers import open_lines  # readers imports this module
+
+    try:
+        with open_lines(path, fmt) as lines:
+            first = next((line for line in lines if line.strip()), b"")
+            obj = json.loads(first) if first else {}
+    except (OSError, ValueError, zstandard.ZstdError) as exc:
+        raise DataError(
+            f"{path}: expected JSON lines, found a file whose first line does not read "
+            f"({brief(exc)}); replace it, or pass --on-bad-file skip to leave it out"
+        ) from exc
+    if not isinstance(obj, dict) or text_column not in obj:
+        keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+        raise DataError(
+            f"{path}: expected a {text_column!r} field in each JSON object, found {keys} in "
+            "the first line; pass --text-column with the field that holds the text"
+        )
 
 
 def _parquet_metadata(path: str) -> pq.FileMetaData:

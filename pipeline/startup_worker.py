@@ -11,7 +11,10 @@ by `lost()` for the driver to run again.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
+import os
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -19,10 +22,28 @@ from pipeline.process import UnitSummary
 from pipeline.sources import WorkUnit
 
 Work = Callable[[WorkUnit], UnitSummary]
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def _child(units: list[WorkUnit], work: Work, next_unit: Any, stopped: Any, out: Any) -> None:
+def _die_with(parent: int) -> None:
+    """Ask Linux to kill this child when the driver dies (SIGKILL included), so no orphan
+    keeps writing into an output folder that a rerun is using."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the getppid() check per unit remains
+        pass
+    if os.getppid() != parent:  # the driver died before prctl took effect
+        os._exit(1)
+
+
+def _child(
+    units: list[WorkUnit], work: Work, next_unit: Any, stopped: Any, out: Any, parent: int
+) -> None:
+    _die_with(parent)
     while True:
+        if os.getppid() != parent:
+            os._exit(1)
         with next_unit.get_lock():
             if stopped.value or next_unit.value >= len(units):
                 return
@@ -48,7 +69,7 @@ class StartupWorker:
         self._reported: set[int] = set()
         self._process = ctx.Process(
             target=_child,
-            args=(units, work, self._next, self._stopped, child_end),
+            args=(units, work, self._next, self._stopped, child_end, os.getpid()),
             name="pipeline-startup-worker",
             daemon=True,
         )

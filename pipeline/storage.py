@@ -101,6 +101,10 @@ def file_info(uri: str) -> pafs.FileInfo:
     return fs.get_file_info(path)
 
 
+def mtime_ns(uri: str) -> int | None:
+    return file_info(uri).mtime_ns
+
+
 def exists(uri: str) -> bool:
     return file_info(uri).type != pafs.FileType.NotFound
 

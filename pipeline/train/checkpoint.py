@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline import storage
 from pipeline.errors import UsageError
 
 FOLDER = "checkpoints"
@@ -138,13 +139,15 @@ def save_checkpoint(
     torch.save(rng_state(), tmp / f"rng-rank{rank}.pt")
     barrier()
     if rank == 0:
+        # Durable before it is named complete: every file, the folder, then the rename.
+        # storage's fsync helper (the project's only one) takes files and folders alike.
         for item in tmp.iterdir():
-            _fsync(item)
-        _fsync(tmp)
+            storage._fsync_dir(item)
+        storage._fsync_dir(tmp)
         if final.exists():  # the same step again, after resuming from an earlier checkpoint
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync(final.parent)
+        storage._fsync_dir(final.parent)
         rotate(run, keep_last)
     barrier()
     return final
@@ -214,11 +217,3 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
