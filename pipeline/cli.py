@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--train-steps",
         type=int,
-        default=200,
+        default=100,
         help="steps of the closing training run (0 skips it)",
     )
     demo.set_defaults(func=cmd_demo)

@@ -1,7 +1,7 @@
 """`pipeline demo`: the whole job on a corpus every machine has, offline.
 
 Measured on 2 shared cores: steps 1-4 take ~25 s (most of it starting Ray); the training run
-~0.9 s per step (tiny BERT, 32 blocks of 128 tokens), so ~3 min for the default 200 steps.
+~0.9 s per step (tiny BERT, 32 blocks of 128 tokens), so ~1.5 min for the default 100 steps.
 
 Steps, each printed with the command that does the same by hand:
 1. a Wikipedia-schema parquet corpus from the standard library's docstrings (sample_corpus);
