@@ -177,7 +177,7 @@ def finished_sidecars(output: str, index: int, digest: str) -> dict[str, Sidecar
         uri = shard_uri(output, split, index)
         if not storage.exists(uri) or storage.size_of(uri) != car.num_bytes:
             return None
-        if hashlib.sha256(storage.read_bytes(uri)).hexdigest() != car.sha256:
+        if storage.sha256_of(uri) != car.sha256:
             return None
         found[split] = car
     return found

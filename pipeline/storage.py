@@ -10,6 +10,7 @@ S3-compatible endpoint from `PIPELINE_S3_ENDPOINT` (set by `--storage-endpoint`)
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import posixpath
 from pathlib import Path
@@ -66,6 +67,16 @@ def read_bytes(uri: str) -> bytes:
     fs, path = resolve(uri)
     with fs.open_input_stream(path, compression=None) as f:
         return f.read()
+
+
+def sha256_of(uri: str) -> str:
+    """sha256 of a file, streamed in 1 MiB chunks (no whole-file read)."""
+    fs, path = resolve(uri)
+    digest = hashlib.sha256()
+    with fs.open_input_stream(path, compression=None) as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_bytes_atomic(uri: str, data: bytes) -> None:

@@ -32,7 +32,6 @@ from pipeline.tokenization import describe_tokenizer
 
 REBUILD = "rerun the same `pipeline run` command to rebuild it"
 REWRITE = "rerun the same `pipeline run` command to rewrite the manifest"
-CHUNK = 8 * 1024 * 1024
 
 
 @dataclass
@@ -143,7 +142,9 @@ def _shard_problems(
     try:
         data = storage.read_bytes(uri) if full and storage.is_remote(uri) else None
         if full:
-            digest = hashlib.sha256(data).hexdigest() if data is not None else _sha256_file(uri)
+            digest = (
+                hashlib.sha256(data).hexdigest() if data is not None else storage.sha256_of(uri)
+            )
             result.bytes_read += size
             if digest != shard["sha256"]:
                 out.append(
@@ -166,15 +167,6 @@ def _read_schema(uri: str, data: bytes | None) -> pa.Schema:
     fs, path = storage.resolve(uri)
     with fs.open_input_file(path) as f:
         return pa.ipc.open_file(f).schema
-
-
-def _sha256_file(uri: str) -> str:
-    fs, path = storage.resolve(uri)
-    digest = hashlib.sha256()
-    with fs.open_input_stream(path) as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _meta_problems(name: str, schema: pa.Schema, expected: ShardMeta) -> list[str]:
