@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from pipeline.config import RunConfig
-from pipeline.errors import PipelineError, UsageError, brief
+from pipeline.errors import PipelineError, UsageError, brief, one_line
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -222,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except PipelineError as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)  # always one line
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:
         # A failed read or write (full disk, lost mount, permissions): nothing half-published.

@@ -47,7 +47,8 @@ def cache_folder(uri: str, cache_root: Path | None = None) -> Path:
 
 
 def local_dataset(uri: str, cache_root: Path | None = None) -> tuple[Path, int]:
-    """A local folder holding the dataset at `uri` (itself when local), and bytes fetched."""
+    """A local folder holding the dataset at `uri` (itself when local), and bytes downloaded
+    (at least the sidecars' when remote: they are fetched on every call)."""
     if not storage.is_remote(uri):
         return Path(storage.normalize(uri)), 0
     manifest = load_manifest(uri)  # refuses an unfinished run before anything is copied

@@ -17,7 +17,12 @@ class DataError(PipelineError):
     exit_code = 1
 
 
+def one_line(exc: BaseException) -> str:
+    """A message on one line (embedded causes may hold newlines), whole."""
+    return " ".join(str(exc).split())
+
+
 def brief(exc: BaseException, limit: int = 160) -> str:
     """An underlying exception's message on one line, cut to `limit` characters."""
-    text = " ".join(str(exc).split())
+    text = one_line(exc)
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -18,6 +18,7 @@ build on the same Python and pyarrow.
 from __future__ import annotations
 
 import contextlib
+import filecmp
 import importlib
 import inspect
 import io
@@ -193,7 +194,10 @@ def build_sample_corpus(folder: str | os.PathLike[str], num_files: int = 3) -> l
         tmp = path.with_suffix(".parquet.tmp")
         group_rows = max(1, -(-(hi - lo) // ROW_GROUPS_PER_FILE))
         pq.write_table(table.slice(lo, hi - lo), tmp, compression="zstd", row_group_size=group_rows)
-        os.replace(tmp, path)
+        if path.is_file() and filecmp.cmp(tmp, path, shallow=False):
+            os.remove(tmp)  # unchanged: keep the file (and its mtime) so a rerun resumes
+        else:
+            os.replace(tmp, path)
         paths.append(path)
     return paths
 

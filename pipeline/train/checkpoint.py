@@ -142,12 +142,12 @@ def save_checkpoint(
         # Durable before it is named complete: every file, the folder, then the rename.
         # storage's fsync helper (the project's only one) takes files and folders alike.
         for item in tmp.iterdir():
-            storage._fsync_dir(item)
-        storage._fsync_dir(tmp)
+            storage.fsync_path(item)
+        storage.fsync_path(tmp)
         if final.exists():  # the same step again, after resuming from an earlier checkpoint
             shutil.rmtree(final)
         os.replace(tmp, final)
-        storage._fsync_dir(final.parent)
+        storage.fsync_path(final.parent)
         rotate(run, keep_last)
     barrier()
     return final

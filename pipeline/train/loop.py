@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from pipeline import storage
 from pipeline.dataset_cache import local_dataset
-from pipeline.errors import PipelineError, brief
+from pipeline.errors import PipelineError, one_line
 from pipeline.train import checkpoint
 from pipeline.train.config import TrainConfig, parse_config
 from pipeline.train.runtime import (
@@ -39,8 +39,6 @@ from pipeline.train.runtime import (
 from pipeline.train.session import Session, setup
 
 MODEL_INPUTS = ("input_ids", "labels", "attention_mask")
-# A user-facing error names file, expectation, finding and fix: print it on one line, uncut.
-ERROR_LIMIT = 100_000
 
 
 def main(argv: list[str]) -> int:
@@ -49,6 +47,8 @@ def main(argv: list[str]) -> int:
         if storage.is_remote(cfg.data):
             # Shards are memory-mapped: an s3:// dataset is mirrored into a local cache first,
             # every shard checked against the manifest's sha256 (pipeline/dataset_cache.py).
+            # Before the process group exists: ranks take turns on a file lock there, the first
+            # downloads and the others only check, so no collective can time out meanwhile.
             local, fetched = local_dataset(cfg.data)
             print(f"data: {cfg.data} cached in {local} ({fetched:,} bytes fetched)", flush=True)
             cfg = dataclasses.replace(cfg, data=str(local))
@@ -58,7 +58,7 @@ def main(argv: list[str]) -> int:
         finally:
             rt.close()
     except PipelineError as exc:
-        print(f"error: {brief(exc, ERROR_LIMIT)}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
     return 0
 

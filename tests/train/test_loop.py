@@ -13,6 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from pipeline import storage  # noqa: E402
 from pipeline.cli import main as cli_main  # noqa: E402
 from pipeline.train import checkpoint  # noqa: E402
 from pipeline.train.loop import main  # noqa: E402
@@ -92,6 +93,36 @@ def test_rotation_keeps_the_newest_and_the_best(tmp_path: Path) -> None:
     assert checkpoint.resolve_resume(str(tmp_path), "latest").name == "step-00000050"
 
 
+def test_a_checkpoint_is_synced_to_disk_before_it_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[Path] = []
+    real = storage.fsync_path  # the project's one fsync helper, used by checkpoints too
+
+    def recording(path: Path) -> None:
+        synced.append(Path(path))
+        real(path)
+
+    monkeypatch.setattr(storage, "fsync_path", recording)
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    model = types.SimpleNamespace(
+        save_pretrained=lambda folder: Path(folder, "model.safetensors").write_bytes(b"w")
+    )
+    final = checkpoint.save_checkpoint(
+        str(tmp_path), 5, model=model, optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
+        state={"step": 5}, rank=0, barrier=lambda: None, keep_last=2,
+    )  # fmt: skip
+    tmp = final.with_name(f".tmp-{final.name}")
+    files = sorted(p.name for p in final.iterdir())
+    assert files == sorted([checkpoint.STATE_FILE, "model.safetensors", "optimizer.pt",
+                            "rng-rank0.pt", "scheduler.pt"])  # fmt: skip
+    each = synced[:-2]
+    assert sorted(p.name for p in each) == files and all(p.parent == tmp for p in each)
+    assert synced[-2:] == [tmp, final.parent], "the folder, then the rename"
+
+
 @pytest.mark.parametrize(
     "extra",
     [
@@ -145,6 +176,10 @@ def test_user_errors_exit_with_a_message(
           "--mask-replace-prob", "0.9", "--random-replace-prob", "0.2")  # fmt: skip
     monkeypatch.setitem(sys.modules, "pipeline.verification", None)
     fails(2, "--verify: expected pipeline.verification", "--model", "tiny-bert", "--verify")
+    assert train(shards, tmp_path / "run", "--model", "tiny-bert", "--resume") == 2
+    err = capsys.readouterr().err  # a whole message on one line, however long: never cut
+    assert len(err) > 160 and err.count("\n") == 1
+    assert err.rstrip().endswith("pass the path of a checkpoint folder")
     fake = types.ModuleType("pipeline.verification")
     fake.verify_output = lambda output: [f"{output}/train/shard-00001.arrow: sha256 differs"]
     monkeypatch.setitem(sys.modules, "pipeline.verification", fake)
