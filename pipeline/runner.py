@@ -38,6 +38,7 @@ from pipeline.process import (
     UnitSummary,
     pack_spec,
     process_unit,
+    remember_encoder,
 )
 from pipeline.progress import Progress
 from pipeline.sources import InputFile, WorkUnit, describe_input, list_inputs, plan_units
@@ -94,6 +95,7 @@ def run_pipeline(
         tok_uri = storage.join(config.output, TOKENIZER_FILE)
         if not storage.exists(tok_uri):
             storage.write_bytes_atomic(tok_uri, tok_text.encode())
+        remember_encoder(config.output, tok, info)
         done = {u.index: finished_sidecars(config.output, u.index, digest) for u in units}
         pending = [u for u in units if done[u.index] is None]
         num_tokens, peak_rss = _execute(executor, pending, len(units), config, info, digest,

@@ -10,6 +10,7 @@ puts around one sequence, so `prefix + encode(text, add_special_tokens=False) + 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,10 +180,10 @@ class DocumentEncoder:
         if any(len(t) > MAX_PIECE_CHARS for t in texts):
             return self._encode_long(texts)
         encodings = self._tok.encode_batch_fast(texts, add_special_tokens=False)
-        lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
-        ids = np.fromiter(
-            (i for e in encodings for i in e.ids), dtype=np.uint32, count=int(lengths.sum())
-        )
+        per_doc = [e.ids for e in encodings]
+        lengths = np.fromiter(map(len, per_doc), dtype=np.int64, count=len(per_doc))
+        flat = itertools.chain.from_iterable(per_doc)
+        ids = np.fromiter(flat, dtype=np.uint32, count=int(lengths.sum()))
         self._check_range(ids)
         return ids, lengths
 

@@ -100,9 +100,10 @@ def measured_limit(corpus: Path, tokenizer: str, every: int) -> dict:
     code = READ_TEXTS.format(corpus=corpus, tokenizer=tokenizer, every=every) + textwrap.dedent(
         f"""
         import multiprocessing as mp
-        parts = [texts[k::{CORES}] for k in range({CORES})]
+        def encode_part(k):  # the forked workers hold the texts: only k is sent
+            return encode(texts[k::{CORES}])
         with mp.get_context("fork").Pool({CORES}) as pool:
-            t = time.perf_counter(); n = sum(pool.map(encode, parts))
+            t = time.perf_counter(); n = sum(pool.map(encode_part, range({CORES})))
         RESULT = {{"seconds": time.perf_counter() - t, "tokens": n}}
         """
     )
@@ -143,13 +144,13 @@ def run_datatrove(corpus: Path, tokenizer_json: str, work: Path, token_size: int
         from datatrove.executor import LocalPipelineExecutor
         from datatrove.pipeline.readers import ParquetReader
         from datatrove.pipeline.tokens import DocumentTokenizer
-        out = Path("{work}/datatrove")
+        out = Path("{work}/datatrove-{token_size}-{Path(tokenizer_json).stem}")
         t = time.perf_counter()
         LocalPipelineExecutor(pipeline=[
             ParquetReader("{corpus}", text_key="text", id_key="id"),
             DocumentTokenizer(str(out), tokenizer_name_or_path="{tokenizer_json}",
                               shuffle_documents=False, save_loss_metadata=False),
-        ], tasks=2, workers=2, logging_dir="{work}/datatrove-logs").run()
+        ], tasks=2, workers=2, logging_dir=str(out) + "-logs").run()  # per run: it skips done tasks
         files = [p for p in out.rglob("*") if p.is_file()]
         RESULT = {{"seconds": time.perf_counter() - t,
                   "out_bytes": sum(p.stat().st_size for p in files),
@@ -257,12 +258,13 @@ def main() -> int:
         if not quick and args.scale > 1:
             big = work / "corpus-big"
             build_corpus(big, repeats=args.repeats * args.scale, files=8 * args.scale)
-            tok = str(SHARED / "tokenizers" / tokenizers[0])
-            for label, folder in (("1x", corpus), (f"{args.scale}x", big)):
-                p = pipeline(folder, tok, work / "scale", 2, 8)
-                rate = p["document_tokens"] / p["seconds"] / 1e6
-                print(f"memory as the input grows: {label} corpus, 2 workers: peak "
-                      f"{p['peak_rss_mib']:.0f} MiB per worker, {rate:.3f} M tok/s")  # fmt: skip
+            for name in tokenizers:
+                tok = str(SHARED / "tokenizers" / name)
+                for label, folder in (("1x", corpus), (f"{args.scale}x", big)):
+                    p = pipeline(folder, tok, work / "scale", 2, 8)
+                    rate = p["document_tokens"] / p["seconds"] / 1e6
+                    print(f"{name}, {label} corpus, 2 workers: peak {p['peak_rss_mib']:.0f} MiB "
+                          f"per worker, {rate:.3f} M tok/s, {p['seconds']:.0f} s")  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
