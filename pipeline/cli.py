@@ -107,15 +107,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             "pass 1 (the default) or more"
         )
     config = config_from_args(args)
-    # Absolute paths, so that the run's identity (and resume) does not depend on the cwd.
-    config = RunConfig.from_dict(
-        {
-            **config.to_dict(),
-            "inputs": [storage.normalize(i) for i in config.inputs],
-            "tokenizer": storage.normalize(config.tokenizer),
-            "output": storage.normalize(config.output),
-        }
-    )
     if args.backend == "local":
         executor = LocalExecutor()
     else:

@@ -45,6 +45,20 @@ class UnitSummary:
 _ENCODERS: dict[tuple[str, str], DocumentEncoder] = {}
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory. VmHWM belongs to the address space, so it starts
+    afresh at exec; ru_maxrss does not (Linux keeps it across execve, so a process started
+    from a big parent reports the parent's peak)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def remember_encoder(output: str, tok: Tokenizer, info: TokenizerInfo) -> None:
     """Seed this process's cache with the driver's own tokenizer: the local executor and the
     forked startup child then skip reloading it (DeBERTa-v3's 8.5 MB JSON: ~1.2 s)."""
@@ -164,7 +178,7 @@ def process_unit(
         num_documents=num_documents,
         num_tokens=num_tokens,
         text_bytes=unit.text_bytes,
-        peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        peak_rss_bytes=peak_rss_bytes(),
     )
 
 

@@ -80,6 +80,7 @@ def run_pipeline(
     progress_stream: TextIO | None = sys.stderr,
 ) -> RunResult:
     started = time.monotonic()
+    config = with_absolute_paths(config)
     tok = load_tokenizer(config.tokenizer)
     tok_text = canonical_json(tok)
     info = describe_tokenizer(tok, config.dtype, config.tokenizer, canonical=tok_text)
@@ -121,6 +122,19 @@ def run_pipeline(
         num_units_run=len(pending),
         seconds=seconds,
         num_tokens=num_tokens,
+    )
+
+
+def with_absolute_paths(config: RunConfig) -> RunConfig:
+    """Resolved paths (symlinks and `..` too), so that the run's identity, resume and the
+    manifest do not depend on the working directory or on how a path was spelled."""
+    return RunConfig.from_dict(
+        {
+            **config.to_dict(),
+            "inputs": [storage.normalize(i) for i in config.inputs],
+            "tokenizer": storage.normalize(config.tokenizer),
+            "output": storage.normalize(config.output),
+        }
     )
 
 

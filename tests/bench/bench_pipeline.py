@@ -75,9 +75,9 @@ def run_child(code: str, env: dict[str, str] | None = None) -> dict:
     """Runs code in a fresh interpreter that sets RESULT; adds the peak RSS of one process."""
     script = (
         "import json, resource, sys, time\n" + textwrap.dedent(code) + "\n"
-        "r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "c = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
-        "RESULT['peak_rss_mib'] = max(r, c) / 1024\n"
+        "from pipeline.process import peak_rss_bytes\n"
+        "c = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024\n"
+        "RESULT['peak_rss_mib'] = max(peak_rss_bytes(), c) / 2**20\n"
         "print(json.dumps(RESULT))\n"
     )
     env = {**os.environ, **(env or {})}
