@@ -52,6 +52,3 @@ class Progress:
         else:
             self.stream.write(line + "\n")
         self.stream.flush()
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self.start

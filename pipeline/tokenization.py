@@ -169,7 +169,6 @@ class DocumentEncoder:
     def __init__(self, tok: Tokenizer, info: TokenizerInfo) -> None:
         self._tok = tok
         self._info = info
-        self._np_dtype = np.dtype(info.dtype)
 
     @property
     def info(self) -> TokenizerInfo:
