@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the working dir's package
 
-from pipeline.cli import main
+from pipeline.commands.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["run", "--ray-address", "auto", *sys.argv[1:]]))

@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup-venv.sh "train,dev"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/lint-imports --no-cache
 .venv/bin/hadolint docker/Dockerfile
 .venv/bin/python tests/bench/bench_pipeline.py --quick
 .venv/bin/python tests/bench/bench_datapath.py --quick

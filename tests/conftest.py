@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from pipeline import storage
-from pipeline.config import RunConfig
-from pipeline.runner import LocalExecutor, run_pipeline
+from pipeline.format import storage
+from pipeline.run.config import RunConfig
+from pipeline.run.runner import LocalExecutor, run_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from pipeline.cli import build_parser
+from pipeline.commands.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"

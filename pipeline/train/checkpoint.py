@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline import storage
 from pipeline.errors import UsageError
+from pipeline.format import storage
 
 FOLDER = "checkpoints"
 STATE_FILE = "trainer_state.json"

@@ -23,10 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import FORMAT_VERSION, storage
+from pipeline import FORMAT_VERSION
 from pipeline.errors import DataError, UsageError
-from pipeline.manifest import load_manifest
-from pipeline.shards import ShardReader
+from pipeline.format import storage
+from pipeline.format.manifest import load_manifest
+from pipeline.format.shards import ShardReader
 
 # Memory-mapped shards kept open per process: a window touches at most `window_chunks` shards,
 # and a split of thousands of shards must not exhaust file descriptors.

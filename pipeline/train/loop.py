@@ -22,11 +22,11 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pipeline import storage
-from pipeline.dataset_cache import local_dataset
 from pipeline.errors import PipelineError, one_line
+from pipeline.format import storage
 from pipeline.train import checkpoint
 from pipeline.train.config import TrainConfig, parse_config
+from pipeline.train.dataset_cache import local_dataset
 from pipeline.train.runtime import (
     MetricsLog,
     Runtime,

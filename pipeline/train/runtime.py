@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from pipeline.errors import DataError, UsageError
+from pipeline.format.paths import TOKENIZER_FILE
 from pipeline.train.dataset import BlockDataset, DataExpectation
 from pipeline.train.masking import MaskingSpec, MLMCollator
 
@@ -164,7 +165,7 @@ def expectation(
     tokenizer_file = Path(model_spec, "tokenizer.json")
     sha = None
     if tokenizer_file.is_file():
-        from pipeline.tokenization import describe_tokenizer, load_tokenizer
+        from pipeline.ingest.tokenization import describe_tokenizer, load_tokenizer
 
         sha = describe_tokenizer(load_tokenizer(str(tokenizer_file))).sha256
     elif Path(model_spec).is_dir():
@@ -193,19 +194,14 @@ def export_model(model: Any, data: str, output: str) -> None:
     tmp = final.with_name(".tmp-model")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp))
-    shutil.copyfile(Path(data, "tokenizer.json"), tmp / "tokenizer.json")
+    shutil.copyfile(Path(data, TOKENIZER_FILE), tmp / TOKENIZER_FILE)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
 
 
 def verify_data(data: str, rt: Runtime) -> None:
-    try:
-        from pipeline.verification import verify_output
-    except ImportError as exc:
-        raise UsageError(
-            f"--verify: expected pipeline.verification (the `pipeline verify` module), found it "
-            f"missing ({exc}); train without --verify or update the pipeline package"
-        ) from exc
+    from pipeline.commands.verification import verify_output  # reads every shard: only here
+
     problems = verify_output(data) if rt.rank == 0 else []
     if rt.all_reduce_int(len(problems)):
         shown = "; ".join(problems[:5]) if problems else "listed by rank 0"

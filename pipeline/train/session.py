@@ -16,7 +16,7 @@ import torch
 import transformers
 
 from pipeline.errors import DataError
-from pipeline.manifest import load_manifest
+from pipeline.format.manifest import load_manifest
 from pipeline.train import checkpoint
 from pipeline.train.config import TrainConfig
 from pipeline.train.dataset import BlockDataset

@@ -45,8 +45,8 @@ from pipeline.train.sampler import BlockSampler  # noqa: E402
 
 
 def make_shards(folder: Path, quick: bool) -> str:
-    from pipeline.config import RunConfig
-    from pipeline.runner import LocalExecutor, run_pipeline
+    from pipeline.run.config import RunConfig
+    from pipeline.run.runner import LocalExecutor, run_pipeline
 
     corpus = SHARED / "corpus" / "dictwiki"
     inputs = [str(sorted(corpus.glob("*.parquet"))[0])] if quick else [str(corpus)]

@@ -75,7 +75,7 @@ def run_child(code: str, env: dict[str, str] | None = None) -> dict:
     """Runs code in a fresh interpreter that sets RESULT; adds the peak RSS of one process."""
     script = (
         "import json, resource, sys, time\n" + textwrap.dedent(code) + "\n"
-        "from pipeline.process import peak_rss_bytes\n"
+        "from pipeline.run.summary import peak_rss_bytes\n"
         "c = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024\n"
         "RESULT['peak_rss_mib'] = max(peak_rss_bytes(), c) / 2**20\n"
         "print(json.dumps(RESULT))\n"
@@ -180,7 +180,7 @@ def pipeline(corpus: Path, tokenizer: str, out: Path, workers: int, unit_mb: int
 
 
 def bench_tokenizer(name: str, corpus: Path, work: Path, quick: bool) -> list[tuple]:
-    from pipeline.tokenization import canonical_json, describe_tokenizer, load_tokenizer
+    from pipeline.ingest.tokenization import canonical_json, describe_tokenizer, load_tokenizer
 
     folder = SHARED / "tokenizers" / name
     tok = load_tokenizer(str(folder))

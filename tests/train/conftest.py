@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.manifest import load_manifest
+from pipeline.format.manifest import load_manifest
 
 
 @pytest.fixture(scope="session")

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.core.packing import concat_blocks
 from pipeline.errors import DataError
-from pipeline.manifest import load_manifest
-from pipeline.packing import concat_blocks
-from pipeline.shards import ShardReader, ShardWriter
+from pipeline.format.manifest import load_manifest
+from pipeline.format.shards import ShardReader, ShardWriter
 from pipeline.train.dataset import BlockDataset, DataExpectation
 from pipeline.train.sampler import BlockSampler
 

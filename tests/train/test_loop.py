@@ -13,8 +13,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from pipeline import storage  # noqa: E402
-from pipeline.cli import main as cli_main  # noqa: E402
+from pipeline.commands.cli import main as cli_main  # noqa: E402
+from pipeline.format import storage  # noqa: E402
 from pipeline.train import checkpoint  # noqa: E402
 from pipeline.train.loop import main  # noqa: E402
 from tests.conftest import UNIGRAM  # noqa: E402
@@ -174,15 +174,13 @@ def test_user_errors_exit_with_a_message(
           "model_type deberta-v2", "--model", "tiny-deberta-v2", "--doc-attention")  # fmt: skip
     fails(2, "--mask-replace-prob 0.9 and --random-replace-prob 0.2", "--model", "tiny-bert",
           "--mask-replace-prob", "0.9", "--random-replace-prob", "0.2")  # fmt: skip
-    monkeypatch.setitem(sys.modules, "pipeline.verification", None)
-    fails(2, "--verify: expected pipeline.verification", "--model", "tiny-bert", "--verify")
     assert train(shards, tmp_path / "run", "--model", "tiny-bert", "--resume") == 2
     err = capsys.readouterr().err  # a whole message on one line, however long: never cut
     assert len(err) > 160 and err.count("\n") == 1
     assert err.rstrip().endswith("pass the path of a checkpoint folder")
-    fake = types.ModuleType("pipeline.verification")
+    fake = types.ModuleType("pipeline.commands.verification")
     fake.verify_output = lambda output: [f"{output}/train/shard-00001.arrow: sha256 differs"]
-    monkeypatch.setitem(sys.modules, "pipeline.verification", fake)
+    monkeypatch.setitem(sys.modules, "pipeline.commands.verification", fake)
     fails(1, "found 1 problems (", "--model", "tiny-bert", "--verify")
 
 

@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from pipeline.dataset_cache import CACHE_ENV
+from pipeline.train.dataset_cache import CACHE_ENV
 from pipeline.train.loop import main
 from tests.conftest import upload_folder
 from tests.train.test_loop import QUICK, records

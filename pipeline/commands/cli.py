@@ -1,0 +1,233 @@
+"""`pipeline run | inspect | verify | train | demo`: thin argument parsing over the library.
+
+Every user-facing error is a `PipelineError`: one line on stderr, exit code 2 for usage errors
+and 1 for data errors. Heavy imports (Ray, polars, torch) happen inside the subcommand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from pipeline.errors import PipelineError, UsageError, brief, one_line
+from pipeline.run.config import RunConfig
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    d = RunConfig.__dataclass_fields__
+    p.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="parquet/jsonl(.zst) files, folders, globs or s3:// URIs",
+    )
+    p.add_argument(
+        "--tokenizer", required=True, help="a tokenizer.json or a local Hugging Face model folder"
+    )
+    p.add_argument("--output", required=True, help="output folder or s3:// URI")
+    p.add_argument("--text-column", default=d["text_column"].default)
+    p.add_argument("--id-column", default=d["id_column"].default)
+    p.add_argument("--block-size", type=int, default=d["block_size"].default)
+    p.add_argument("--packing", choices=["framed", "concat"], default=d["packing"].default)
+    p.add_argument("--validation-fraction", type=float, default=d["validation_fraction"].default)
+    p.add_argument("--dtype", choices=["auto", "uint16", "uint32"], default="auto")
+    p.add_argument(
+        "--unit-bytes",
+        type=int,
+        default=d["unit_bytes"].default,
+        help="text bytes per work unit (default 32 MiB)",
+    )
+    p.add_argument(
+        "--batch-blocks",
+        type=int,
+        default=d["batch_blocks"].default,
+        help="blocks per Arrow record batch",
+    )
+    p.add_argument("--compression-level", type=int, default=d["compression_level"].default)
+    p.add_argument("--on-bad-file", choices=["fail", "skip"], default="fail")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="local Ray workers (default: all cores); ignored on a cluster",
+    )
+    p.add_argument("--threads-per-worker", type=int, default=1)
+    p.add_argument(
+        "--backend",
+        choices=["ray", "local"],
+        default="ray",
+        help="ray (default) or local: run units in this process, no Ray",
+    )
+    p.add_argument(
+        "--ray-address", default=None, help="an existing cluster ('auto' inside `ray job submit`)"
+    )
+    p.add_argument(
+        "--storage-endpoint",
+        default=None,
+        help="endpoint of an S3-compatible store, e.g. http://127.0.0.1:9000",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a different run found in --output"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    return RunConfig(
+        inputs=tuple(args.input),
+        tokenizer=args.tokenizer,
+        output=args.output,
+        text_column=args.text_column,
+        id_column=args.id_column,
+        block_size=args.block_size,
+        packing=args.packing,
+        validation_fraction=args.validation_fraction,
+        dtype=args.dtype,
+        unit_bytes=args.unit_bytes,
+        batch_blocks=args.batch_blocks,
+        compression_level=args.compression_level,
+        on_bad_file=args.on_bad_file,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.format import storage
+    from pipeline.run.runner import LocalExecutor, run_pipeline
+
+    if args.storage_endpoint:
+        os.environ[storage.ENDPOINT_ENV] = args.storage_endpoint
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers: expected at least 1, found {args.workers}; pass 1 or more")
+    if args.threads_per_worker < 1:
+        raise UsageError(
+            f"--threads-per-worker: expected at least 1, found {args.threads_per_worker}; "
+            "pass 1 (the default) or more"
+        )
+    config = config_from_args(args)
+    if args.backend == "local":
+        executor = LocalExecutor()
+    else:
+        from pipeline.run.ray_runner import RayExecutor
+
+        executor = RayExecutor(
+            workers=args.workers,
+            address=args.ray_address,
+            threads_per_worker=args.threads_per_worker,
+        )
+    result = run_pipeline(
+        config,
+        executor,
+        overwrite=args.overwrite,
+        progress_stream=None if args.quiet else sys.stderr,
+    )
+    splits = result.manifest["splits"]
+    print(
+        f"done: {result.num_units} units ({result.num_units_run} run now), "
+        + ", ".join(f"{s} {v['num_blocks']:,} blocks" for s, v in splits.items())
+        + f", {result.num_tokens:,} document tokens in {result.seconds:.1f}s "
+        f"({result.num_tokens / max(result.seconds, 1e-9) / 1e6:.2f} M tokens/s) -> {config.output}"
+    )
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from pipeline.commands.inspection import main as inspect_main
+
+    return inspect_main(args)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from pipeline.commands.verification import main as verify_main
+
+    return verify_main(args)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    try:
+        from pipeline.train.loop import main as train_main
+    except ImportError as exc:
+        raise UsageError(
+            f"pipeline train: expected torch and transformers, found them missing ({exc}); "
+            "run `pip install torch==2.13.0` then `pip install '.[train]'`"
+        ) from exc
+    return train_main(args.rest)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipeline.commands.demo import main as demo_main
+
+    return demo_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pipeline", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="tokenize and pack inputs into shards")
+    add_run_arguments(run)
+    run.set_defaults(func=cmd_run)
+
+    insp = sub.add_parser("inspect", help="statistics, ledger check and samples of an output")
+    insp.add_argument("output")
+    insp.add_argument("--json", action="store_true", help="machine-readable summary")
+    insp.add_argument("--decode", type=int, default=0, metavar="N", help="print N sample blocks")
+    insp.add_argument("--shards", action="store_true", help="a per-shard table")
+    insp.add_argument("--top", type=int, default=20, help="most frequent tokens to list")
+    insp.set_defaults(func=cmd_inspect)
+
+    ver = sub.add_parser("verify", help="re-read every shard and check it against the manifest")
+    ver.add_argument("output")
+    ver.add_argument("--json", action="store_true")
+    ver.set_defaults(func=cmd_verify)
+
+    train = sub.add_parser(
+        "train", help="train an MLM on the shards (needs the train extra)", add_help=False
+    )
+    train.add_argument("rest", nargs=argparse.REMAINDER)
+    train.set_defaults(func=cmd_train)
+
+    demo = sub.add_parser("demo", help="build a sample corpus and run everything on it")
+    demo.add_argument("--output", default="demo-output")
+    demo.add_argument("--tokenizer", default=None, help="default: train a small WordPiece")
+    demo.add_argument("--workers", type=int, default=None)
+    demo.add_argument(
+        "--train-steps",
+        type=int,
+        default=100,
+        help="steps of the closing training run (0 skips it)",
+    )
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:
+        # argparse's REMAINDER does not take a first argument that looks like a flag
+        # (`train --data ...`), so the trainer's own flags bypass this parser.
+        args = argparse.Namespace(func=cmd_train, rest=argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except PipelineError as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:
+        # A failed read or write (full disk, lost mount, permissions): nothing half-published.
+        print(
+            f"error: {brief(exc, 300)}; nothing partial was published under a final name, so fix "
+            "the cause "
+            "and rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""The shard format: writer and reader side by side. Described in schemas/shard.json.
+
+`OUT/<split>/shard-NNNNN.arrow` is an Arrow IPC *file* (random access to record batches) with
+zstd buffer compression. Columns, one row per block:
+
+* `input_ids`: fixed_size_list<uint16 | uint32>[block_size], the block's token ids
+* `doc_starts`: list<uint16>, positions inside the block where a document begins
+
+Every record batch holds `batch_blocks` rows (2,048 by default) but the last. Schema metadata
+(all values are UTF-8 strings): format_version, block_size, dtype, packing, split,
+tokenizer_sha256, vocab_size, special_ids (JSON object). A reader refuses a file whose
+metadata does not match what it expects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline import FORMAT_VERSION
+from pipeline.core.packing import Blocks, concat_blocks
+from pipeline.errors import DataError, brief
+from pipeline.format import storage
+
+METADATA_KEYS = (
+    "format_version",
+    "block_size",
+    "dtype",
+    "packing",
+    "split",
+    "tokenizer_sha256",
+    "vocab_size",
+    "special_ids",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardMeta:
+    block_size: int
+    dtype: str
+    packing: str
+    split: str
+    tokenizer_sha256: str
+    vocab_size: int
+    special_ids: dict[str, int | None]
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("uint16", "uint32"):
+            raise ValueError(f"dtype must be uint16 or uint32, found {self.dtype}")
+
+    def to_metadata(self) -> dict[bytes, bytes]:
+        values = {
+            "format_version": str(self.format_version),
+            "block_size": str(self.block_size),
+            "dtype": self.dtype,
+            "packing": self.packing,
+            "split": self.split,
+            "tokenizer_sha256": self.tokenizer_sha256,
+            "vocab_size": str(self.vocab_size),
+            "special_ids": json.dumps(self.special_ids, sort_keys=True),
+        }
+        return {k.encode(): v.encode() for k, v in values.items()}
+
+    @classmethod
+    def from_schema(cls, schema: pa.Schema, where: str) -> ShardMeta:
+        raw = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
+        missing = [k for k in METADATA_KEYS if k not in raw]
+        if missing:
+            raise DataError(
+                f"{where}: expected shard metadata keys {', '.join(METADATA_KEYS)}, found "
+                f"none for {', '.join(missing)}; this is not a shard written by this pipeline"
+            )
+        return cls(
+            format_version=int(raw["format_version"]),
+            block_size=int(raw["block_size"]),
+            dtype=raw["dtype"],
+            packing=raw["packing"],
+            split=raw["split"],
+            tokenizer_sha256=raw["tokenizer_sha256"],
+            vocab_size=int(raw["vocab_size"]),
+            special_ids=json.loads(raw["special_ids"]),
+        )
+
+
+def shard_schema(meta: ShardMeta) -> pa.Schema:
+    id_type = pa.uint16() if meta.dtype == "uint16" else pa.uint32()
+    return pa.schema(
+        [
+            pa.field("input_ids", pa.list_(id_type, meta.block_size), nullable=False),
+            pa.field("doc_starts", pa.list_(pa.uint16()), nullable=False),
+        ],
+        metadata=meta.to_metadata(),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardFileInfo:
+    sha256: str
+    num_bytes: int
+    num_blocks: int
+    num_doc_starts: int
+
+
+class ShardWriter:
+    """Buffers blocks into fixed-size record batches; `close()` publishes the file atomically.
+
+    The whole compressed file is built in memory (a work unit's shard is ~20 MB), hashed, and
+    written in one atomic step, so a crash never leaves a partial shard under its final name.
+    """
+
+    def __init__(self, uri: str, meta: ShardMeta, batch_blocks: int, level: int) -> None:
+        self.uri = uri
+        self.meta = meta
+        self._schema = shard_schema(meta)
+        self._np_dtype = np.dtype(meta.dtype)
+        self._batch_blocks = batch_blocks
+        self._sink = pa.BufferOutputStream()
+        options = pa.ipc.IpcWriteOptions(compression=pa.Codec("zstd", compression_level=level))
+        self._writer = pa.ipc.new_file(self._sink, self._schema, options=options)
+        self._pending: list[Blocks] = []
+        self._num_pending = 0
+        self._num_blocks = 0
+        self._num_starts = 0
+
+    def write(self, blocks: Blocks) -> None:
+        if not blocks.num_blocks:
+            return
+        self._pending.append(blocks)
+        self._num_pending += blocks.num_blocks
+        while self._num_pending >= self._batch_blocks:
+            merged = concat_blocks(self._pending, self.meta.block_size)
+            self._write_batch(_slice(merged, 0, self._batch_blocks))
+            rest = _slice(merged, self._batch_blocks, merged.num_blocks)
+            self._pending = [rest]
+            self._num_pending = rest.num_blocks
+
+    def _write_batch(self, blocks: Blocks) -> None:
+        tokens = blocks.tokens.astype(self._np_dtype, copy=False).ravel()
+        ids = pa.FixedSizeListArray.from_arrays(pa.array(tokens), self.meta.block_size)
+        starts = pa.ListArray.from_arrays(
+            pa.array(blocks.start_offsets, pa.int32()), pa.array(blocks.start_values, pa.uint16())
+        )
+        self._writer.write_batch(pa.record_batch([ids, starts], schema=self._schema))
+        self._num_blocks += blocks.num_blocks
+        self._num_starts += int(blocks.start_values.size)
+
+    def close(self) -> ShardFileInfo:
+        if self._num_pending:
+            self._write_batch(concat_blocks(self._pending, self.meta.block_size))
+        self._pending, self._num_pending = [], 0
+        self._writer.close()
+        data = self._sink.getvalue().to_pybytes()
+        storage.write_bytes_atomic(self.uri, data)
+        return ShardFileInfo(
+            sha256=hashlib.sha256(data).hexdigest(),
+            num_bytes=len(data),
+            num_blocks=self._num_blocks,
+            num_doc_starts=self._num_starts,
+        )
+
+
+def _slice(blocks: Blocks, start: int, stop: int) -> Blocks:
+    lo, hi = int(blocks.start_offsets[start]), int(blocks.start_offsets[stop])
+    return Blocks(
+        tokens=blocks.tokens[start:stop],
+        start_values=blocks.start_values[lo:hi],
+        start_offsets=blocks.start_offsets[start : stop + 1] - lo,
+    )
+
+
+class ShardReader:
+    """Random access to a shard's record batches; checks its metadata on open."""
+
+    def __init__(self, uri: str, data: bytes | None = None) -> None:
+        self.uri = uri
+        try:
+            if data is not None:
+                source = pa.BufferReader(data)
+            elif storage.is_remote(uri):
+                source = pa.BufferReader(storage.read_bytes(uri))
+            else:
+                source = pa.memory_map(storage.normalize(uri))
+            self._file = pa.ipc.open_file(source)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(
+                f"{uri}: expected an Arrow IPC shard, found a file that does not open "
+                f"({brief(exc, 160)}); rerun `pipeline run` to rewrite it"
+            ) from exc
+        self.meta = ShardMeta.from_schema(self._file.schema, uri)
+
+    @property
+    def num_batches(self) -> int:
+        return self._file.num_record_batches
+
+    def batch_sizes(self) -> list[int]:
+        return [self._file.get_batch(i).num_rows for i in range(self.num_batches)]
+
+    def read_batch(self, index: int) -> Blocks:
+        batch = self._file.get_batch(index)
+        ids = batch.column(0)
+        starts = batch.column(1)
+        tokens = ids.values.to_numpy(zero_copy_only=False).reshape(-1, self.meta.block_size)
+        return Blocks(
+            tokens=tokens,
+            start_values=starts.values.to_numpy(zero_copy_only=False),
+            start_offsets=starts.offsets.to_numpy(zero_copy_only=False),
+        )
+
+    def read_all(self) -> Blocks:
+        parts = [self.read_batch(i) for i in range(self.num_batches)]
+        if not parts:
+            empty = np.zeros((0, self.meta.block_size), dtype=self.meta.dtype)
+            return Blocks(empty, np.zeros(0, np.uint16), np.zeros(1, np.int32))
+        return concat_blocks(parts, self.meta.block_size)

@@ -1,0 +1,3 @@
+"""Inputs -> documents -> token ids: planning work units, listing and checking sources,
+streaming their rows, and the tokenizer.
+"""

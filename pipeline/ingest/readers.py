@@ -1,0 +1,173 @@
+"""Stream the documents of one work unit, in bounded batches, from parquet or JSON lines.
+
+Parquet: the unit's row range, row group by row group, `BATCH_ROWS` rows at a time (only the
+id and text columns are decoded). JSON lines (`.jsonl`, `.jsonl.zst` through `zstandard`'s
+stream reader): line by line, batches of at most `BATCH_ROWS` lines or `BATCH_BYTES`. Texts
+that are not valid UTF-8 (or hold lone surrogates) come out as an `_Invalid` marker so the
+processor can count them; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zstandard
+
+from pipeline.errors import DataError, brief
+from pipeline.format import storage
+from pipeline.ingest.units import WorkUnit
+
+BATCH_ROWS = 1000
+BATCH_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class DocumentBatch:
+    ids: list[str | None]  # None where the row has no id (the processor keys it by its text)
+    texts: list[str | None]
+
+
+class BadInputError(DataError):
+    """A unit's file could not be read to the end; `--on-bad-file skip` leaves the unit out."""
+
+
+def read_documents(unit: WorkUnit, text_column: str, id_column: str) -> Iterator[DocumentBatch]:
+    read = _read_parquet if unit.format == "parquet" else _read_jsonl
+    try:
+        yield from read(unit, text_column, id_column)
+    except BadInputError:
+        raise
+    except (pa.ArrowException, OSError, EOFError, zstandard.ZstdError) as exc:
+        rows = f"rows {unit.row_start}-{unit.row_end}" if unit.row_end is not None else "lines"
+        raise BadInputError(
+            f"{unit.path}: expected readable {unit.format} {rows}, found damaged data "
+            f"({brief(exc, 160)}); replace the file, or pass --on-bad-file skip to leave "
+            "this part out (it is listed in the manifest)"
+        ) from exc
+
+
+def _read_parquet(unit: WorkUnit, text_column: str, id_column: str) -> Iterator[DocumentBatch]:
+    fs, inner = storage.resolve(unit.path)
+    assert unit.row_end is not None
+    with fs.open_input_file(inner) as f:
+        pf = pq.ParquetFile(f)
+        first = 0
+        for rg in range(pf.metadata.num_row_groups):
+            n_rows = pf.metadata.row_group(rg).num_rows
+            lo, hi = max(unit.row_start, first), min(unit.row_end, first + n_rows)
+            if lo < hi:
+                row = first
+                batches = pf.iter_batches(
+                    batch_size=BATCH_ROWS, row_groups=[rg], columns=[id_column, text_column]
+                )
+                for batch in batches:
+                    a, b = max(lo - row, 0), min(hi - row, batch.num_rows)
+                    if a < b:
+                        yield _parquet_batch(batch.slice(a, b - a))
+                    row += batch.num_rows
+                    if row >= hi:
+                        break
+            first += n_rows
+
+
+def _parquet_batch(batch: pa.RecordBatch) -> DocumentBatch:
+    ids = batch.column(0)
+    if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
+        ids = ids.cast(pa.string())
+    keys = ids.to_pylist()
+    texts_col = batch.column(1)
+    try:
+        texts = texts_col.to_pylist()
+        return DocumentBatch(keys, texts)
+    except UnicodeDecodeError:
+        texts = []
+        for k in range(len(texts_col)):
+            try:
+                texts.append(texts_col[k].as_py())
+            except UnicodeDecodeError:
+                texts.append(_INVALID)
+        return DocumentBatch(keys, texts)
+
+
+class _Invalid(str):
+    """Marks a text that could not be decoded; the processor counts it as invalid_utf8."""
+
+
+_INVALID = _Invalid("")
+
+
+def is_invalid(text: str | None) -> bool:
+    return isinstance(text, _Invalid)
+
+
+@contextlib.contextmanager
+def open_lines(path: str, fmt: str) -> Iterator[io.BufferedReader]:
+    """A JSON lines file as a stream of byte lines (zstd decompressed as a stream)."""
+    fs, inner = storage.resolve(path)
+    with fs.open_input_stream(inner, compression=None) as raw:
+        stream: io.BufferedIOBase = raw
+        if fmt == "jsonl.zst":
+            stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        yield io.BufferedReader(stream, buffer_size=1 << 20)  # type: ignore[arg-type]
+
+
+def _read_jsonl(unit: WorkUnit, text_column: str, id_column: str) -> Iterator[DocumentBatch]:
+    with open_lines(unit.path, unit.format) as reader:
+        ids: list[str | None] = []
+        texts: list[str | None] = []
+        size = 0
+        for line_no, line in enumerate(reader, start=1):
+            if not line.strip():
+                continue
+            ids.append(None)
+            texts.append(_parse_line(line, unit.path, line_no, text_column, id_column, ids))
+            size += len(line)
+            if len(texts) >= BATCH_ROWS or size >= BATCH_BYTES:
+                yield DocumentBatch(ids, texts)
+                ids, texts, size = [], [], 0
+        if texts:
+            yield DocumentBatch(ids, texts)
+
+
+def _parse_line(
+    line: bytes, path: str, line_no: int, text_column: str, id_column: str, ids: list[str | None]
+) -> str | None:
+    try:
+        obj = json.loads(line)
+    except UnicodeDecodeError:
+        return _INVALID
+    except json.JSONDecodeError as exc:
+        raise BadInputError(
+            f"{path}:{line_no}: expected one JSON object per line, found invalid JSON ({exc}); "
+            "fix or remove that line"
+        ) from exc
+    if not isinstance(obj, dict):
+        raise BadInputError(
+            f"{path}:{line_no}: expected a JSON object, found {type(obj).__name__}; fix or "
+            "remove that line, or pass --on-bad-file skip"
+        )
+    if obj.get(id_column) is not None:
+        ids[-1] = str(obj[id_column])
+    text = obj.get(text_column)
+    if text is not None and not isinstance(text, str):
+        raise BadInputError(
+            f"{path}:{line_no}: expected {text_column!r} to be a string, found "
+            f"{type(text).__name__}; pass --text-column with the text field"
+        )
+    if text is not None and not _encodes(text):
+        return _INVALID  # lone surrogates from \ud800-style escapes cannot become UTF-8
+    return text
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -1,0 +1,97 @@
+"""Work units: input files as their metadata describes them, and row ranges planned over them.
+
+Pure: no I/O. `sources.py` describes the files (from parquet footers), `readers.py` streams a
+unit's rows, and the runners hand units to `run/process.py`. A unit is a row range of one file,
+numbered in input order, so unit numbers (and the shard names derived from them) depend on the
+inputs and `--unit-bytes` only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+SUFFIXES = {".parquet": "parquet", ".jsonl": "jsonl", ".jsonl.zst": "jsonl.zst"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class InputFile:
+    path: str
+    format: str
+    num_bytes: int
+    num_rows: int | None  # None for JSON lines (counted while reading)
+    row_group_rows: tuple[int, ...] = ()
+    row_group_text_bytes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkUnit:
+    index: int
+    path: str
+    format: str
+    row_start: int
+    row_end: int | None  # None: to the end of the file
+    text_bytes: int
+
+    def __post_init__(self) -> None:
+        if self.row_end is not None and self.row_end < self.row_start:
+            raise ValueError(f"unit {self.index}: row_end {self.row_end} < {self.row_start}")
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "index": self.index,
+            "path": self.path,
+            "row_start": self.row_start,
+            "row_end": self.row_end,
+        }
+
+
+def format_of(path: str) -> str | None:
+    for suffix, fmt in sorted(SUFFIXES.items(), key=lambda kv: -len(kv[0])):
+        if path.endswith(suffix):
+            return fmt
+    return None
+
+
+def plan_units(files: list[InputFile], unit_bytes: int) -> list[WorkUnit]:
+    """Consecutive row ranges of about unit_bytes of text each; units never cross files."""
+    units: list[WorkUnit] = []
+    for f in files:
+        if f.format != "parquet":
+            units.append(
+                WorkUnit(
+                    index=len(units),
+                    path=f.path,
+                    format=f.format,
+                    row_start=0,
+                    row_end=None,
+                    text_bytes=f.num_bytes,
+                )
+            )
+            continue
+        pieces: list[tuple[int, int, int]] = []  # (row_start, row_end, text bytes)
+        row = 0
+        for n_rows, n_bytes in zip(f.row_group_rows, f.row_group_text_bytes, strict=True):
+            cuts = max(1, min(n_rows, math.ceil(n_bytes / unit_bytes)))
+            for k in range(cuts):
+                lo, hi = row + n_rows * k // cuts, row + n_rows * (k + 1) // cuts
+                pieces.append((lo, hi, n_bytes * (hi - lo) // max(n_rows, 1)))
+            row += n_rows
+        start, acc = None, 0
+        for lo, hi, n_bytes in pieces:
+            start = lo if start is None else start
+            acc += n_bytes
+            if acc >= unit_bytes:
+                units.append(_parquet_unit(len(units), f, start, hi, acc))
+                start, acc = None, 0
+        if start is not None:
+            units.append(_parquet_unit(len(units), f, start, row, acc))
+        if not pieces:
+            units.append(_parquet_unit(len(units), f, 0, 0, 0))
+    return units
+
+
+def _parquet_unit(index: int, f: InputFile, lo: int, hi: int, text_bytes: int) -> WorkUnit:
+    return WorkUnit(
+        index=index, path=f.path, format="parquet", row_start=lo, row_end=hi, text_bytes=text_bytes
+    )

@@ -1,0 +1,280 @@
+"""Run the pipeline: plan units, skip finished ones, run the rest, stitch leftovers, commit.
+
+Execution is pluggable (`Executor`): `LocalExecutor` runs units in this process (tests,
+debugging); `pipeline.run.ray_runner.RayExecutor` runs them as Ray tasks. Both call
+`process.process_unit` and nothing else. The stitching step packs every unit's leftover, in
+unit order, into one last shard per split, so a whole run drops less than one block per split.
+The manifest is written last; timings go to a separate file so the manifest is deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol, TextIO
+
+from pipeline import __version__
+from pipeline.core.split import SPLITS
+from pipeline.errors import DataError, brief
+from pipeline.format import storage
+from pipeline.format.manifest import Sidecar, build_manifest, read_sidecar, write_json_atomic
+from pipeline.format.paths import MANIFEST_NAME, TIMINGS_FILE, TOKENIZER_FILE
+from pipeline.ingest.sources import describe_input, list_inputs
+from pipeline.ingest.tokenization import (
+    TokenizerInfo,
+    canonical_json,
+    describe_tokenizer,
+    load_tokenizer,
+)
+from pipeline.ingest.units import InputFile, WorkUnit, plan_units
+from pipeline.run.config import RunConfig
+from pipeline.run.encoders import remember_encoder
+from pipeline.run.output_folder import (
+    check_not_inside_inputs,
+    claim,
+    exclusive,
+    finished_sidecars,
+    run_identity,
+)
+from pipeline.run.process import process_unit
+from pipeline.run.progress import Progress
+from pipeline.run.publish import pack_spec
+from pipeline.run.stitching import stitch_leftovers
+from pipeline.run.summary import UnitSummary
+
+
+class Executor(Protocol):
+    def run(
+        self, units: list[WorkUnit], config: RunConfig, tokenizer_sha256: str, digest: str
+    ) -> Iterator[UnitSummary]: ...
+
+
+class LocalExecutor:
+    """Runs units one after the other in this process."""
+
+    def run(
+        self, units: list[WorkUnit], config: RunConfig, tokenizer_sha256: str, digest: str
+    ) -> Iterator[UnitSummary]:
+        for unit in units:
+            yield process_unit(unit, config, tokenizer_sha256, digest)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunResult:
+    manifest: dict[str, Any]
+    num_units: int
+    num_units_run: int
+    seconds: float
+    num_tokens: int
+
+
+def run_pipeline(
+    config: RunConfig,
+    executor: Executor,
+    *,
+    overwrite: bool = False,
+    progress_stream: TextIO | None = sys.stderr,
+) -> RunResult:
+    started = time.monotonic()
+    config = with_absolute_paths(config)
+    tok = load_tokenizer(config.tokenizer)
+    tok_text = canonical_json(tok)
+    info = describe_tokenizer(tok, config.dtype, config.tokenizer, canonical=tok_text)
+    pack_spec(config, info)  # fail early if framed packing is impossible
+    paths = list_inputs(config.inputs)
+    check_not_inside_inputs(config.output, config.inputs)
+    files, skipped_files = _describe_inputs(paths, config)
+    units = plan_units(files, config.unit_bytes)
+    inputs = [{"path": f.path, "num_bytes": f.num_bytes, "num_rows": f.num_rows} for f in files]
+    with exclusive(config.output):
+        identity = run_identity(config.to_dict(), info.sha256, inputs)
+        digest = claim(config.output, identity, overwrite)
+        tok_uri = storage.join(config.output, TOKENIZER_FILE)
+        if not storage.exists(tok_uri):
+            storage.write_bytes_atomic(tok_uri, tok_text.encode())
+        remember_encoder(config.output, tok, info)
+        done = {u.index: finished_sidecars(config.output, u.index, digest) for u in units}
+        pending = [u for u in units if done[u.index] is None]
+        num_tokens, peak_rss = _execute(executor, pending, len(units), config, info, digest,
+                                        progress_stream)  # fmt: skip
+        sidecars = _collect(config, info, units, done, digest)
+        manifest = build_manifest(
+            # Without `output`: a dataset is relocatable, and runs into two folders compare equal.
+            config={k: v for k, v in config.to_dict().items() if k != "output"},
+            tokenizer=_tokenizer_record(info),
+            inputs=_count_rows(inputs, units, sidecars),
+            skipped_files=skipped_files + _skipped_units(sidecars),
+            num_units=len(units),
+            sidecars=sidecars,
+            pipeline_version=__version__,
+        )
+        _check_real_work(config, manifest)
+        write_json_atomic(storage.join(config.output, MANIFEST_NAME), manifest)
+    seconds = time.monotonic() - started
+    _write_timings(config.output, seconds, len(pending), num_tokens, peak_rss)
+    return RunResult(
+        manifest=manifest,
+        num_units=len(units),
+        num_units_run=len(pending),
+        seconds=seconds,
+        num_tokens=num_tokens,
+    )
+
+
+def with_absolute_paths(config: RunConfig) -> RunConfig:
+    """Resolved paths (symlinks and `..` too), so that the run's identity, resume and the
+    manifest do not depend on the working directory or on how a path was spelled."""
+    return RunConfig.from_dict(
+        {
+            **config.to_dict(),
+            "inputs": [storage.normalize(i) for i in config.inputs],
+            "tokenizer": storage.normalize(config.tokenizer),
+            "output": storage.normalize(config.output),
+        }
+    )
+
+
+def _execute(
+    executor: Executor,
+    pending: list[WorkUnit],
+    num_units: int,
+    config: RunConfig,
+    info: TokenizerInfo,
+    digest: str,
+    progress_stream: TextIO | None,
+) -> tuple[int, int]:
+    """Run the pending units; (document tokens, largest worker peak RSS)."""
+    progress = None
+    if progress_stream is not None:
+        progress = Progress(len(pending), sum(u.text_bytes for u in pending), progress_stream)
+        if len(pending) < num_units:
+            progress_stream.write(f"resuming: {num_units - len(pending)} units already done\n")
+    num_tokens = peak_rss = 0
+    for summary in executor.run(pending, config, info.sha256, digest):
+        num_tokens += summary.num_tokens
+        peak_rss = max(peak_rss, summary.peak_rss_bytes)
+        if progress:
+            progress.update(summary)
+    return num_tokens, peak_rss
+
+
+def _collect(
+    config: RunConfig,
+    info: TokenizerInfo,
+    units: list[WorkUnit],
+    done: dict[int, dict[str, Sidecar] | None],
+    digest: str,
+) -> dict[str, list[Sidecar]]:
+    """Every unit's sidecars in unit order, plus the stitched tail shard per split."""
+    sidecars: dict[str, list[Sidecar]] = {split: [] for split in SPLITS}
+    for unit in units:
+        # Units done before were checked (sha256) above; units run now are trusted as written.
+        cars = done[unit.index] or _sidecars_of(config.output, unit.index, digest)
+        if cars is None:
+            raise DataError(
+                f"{config.output}: expected finished shards for unit {unit.index} "
+                f"({unit.path}), found them missing or altered after the unit ran; rerun the "
+                "same command to redo it"
+            )
+        for split in SPLITS:
+            sidecars[split].append(cars[split])
+    for split in SPLITS:
+        tail = stitch_leftovers(config, info, split, sidecars[split], digest, len(units))
+        sidecars[split].append(tail)
+    return sidecars
+
+
+def _count_rows(
+    inputs: list[dict[str, Any]], units: list[WorkUnit], sidecars: dict[str, list[Sidecar]]
+) -> list[dict[str, Any]]:
+    """Parquet row counts come from the footers; JSON lines files' from reading them."""
+    read: dict[str, int] = {}
+    for unit, *cars in zip(units, *sidecars.values(), strict=False):
+        read[unit.path] = read.get(unit.path, 0) + sum(c.ledger.num_documents for c in cars)
+    return [
+        {**entry, "num_rows": read.get(entry["path"], 0)} if entry["num_rows"] is None else entry
+        for entry in inputs
+    ]
+
+
+def _skipped_units(sidecars: dict[str, list[Sidecar]]) -> list[dict[str, str]]:
+    return [
+        {"path": car.unit["path"], "reason": car.unit["error"]}
+        for car in sidecars["train"]
+        if "error" in car.unit
+    ]
+
+
+def _check_real_work(config: RunConfig, manifest: dict[str, Any]) -> None:
+    """A run that packed no document at all is a mistake (wrong column?), not a dataset."""
+    ledgers = [split["ledger"] for split in manifest["splits"].values()]
+    if sum(led["num_documents_packed"] for led in ledgers):
+        return
+    read = sum(led["num_documents"] for led in ledgers)
+    skipped: dict[str, int] = {}
+    for led in ledgers:
+        for reason, n in led["skipped"].items():
+            skipped[reason] = skipped.get(reason, 0) + n
+    raise DataError(
+        f"--input {' '.join(config.inputs)}: expected texts in column {config.text_column!r}, "
+        f"found none usable in {read:,} rows (skipped: {skipped}); check --text-column"
+    )
+
+
+def _write_timings(output: str, seconds: float, units_run: int, tokens: int, rss: int) -> None:
+    """After the manifest, and not part of it: a failure here does not fail the run."""
+    try:
+        write_json_atomic(
+            storage.join(output, TIMINGS_FILE),
+            {
+                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "seconds": round(seconds, 3),
+                "units_run": units_run,
+                "document_tokens_this_run": tokens,
+                "tokens_per_second": round(tokens / max(seconds, 1e-9), 1),
+                "peak_worker_rss_bytes": rss,
+            },
+        )
+    except OSError as exc:
+        print(f"warning: timings.json not written ({brief(exc)}); the run is complete",
+              file=sys.stderr)  # fmt: skip
+
+
+def _sidecars_of(output: str, index: int, digest: str) -> dict[str, Sidecar] | None:
+    cars = {split: read_sidecar(output, split, index) for split in SPLITS}
+    if any(c is None or c.run_digest != digest for c in cars.values()):
+        return None
+    return cars  # type: ignore[return-value]
+
+
+def _describe_inputs(paths: list[str], config: RunConfig) -> tuple[list[InputFile], list[dict]]:
+    files, skipped = [], []
+    for path in paths:
+        try:
+            files.append(describe_input(path, config.text_column, config.id_column))
+        except DataError as exc:
+            if config.on_bad_file == "fail":
+                raise
+            skipped.append({"path": path, "reason": str(exc)})
+    if not files:
+        raise DataError(
+            f"--input: expected at least one readable file, found none of {len(paths)} "
+            f"usable (skipped: {json.dumps(skipped)[:300]})"
+        )
+    return files, skipped
+
+
+def _tokenizer_record(info: TokenizerInfo) -> dict[str, Any]:
+    return {
+        "file": TOKENIZER_FILE,
+        "sha256": info.sha256,
+        "vocab_size": info.vocab_size,
+        "dtype": info.dtype,
+        "prefix_ids": list(info.prefix_ids),
+        "suffix_ids": list(info.suffix_ids),
+        "special_ids": info.special_ids,
+        "all_special_ids": list(info.all_special_ids),
+    }

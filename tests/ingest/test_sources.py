@@ -1,0 +1,151 @@
+"""Inputs: listing, schema checks, unit planning from metadata, streaming readers."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipeline.errors import DataError, UsageError
+from pipeline.ingest.readers import is_invalid, read_documents
+from pipeline.ingest.sources import describe_input, list_inputs
+from pipeline.ingest.units import InputFile, plan_units
+from tests.conftest import DICTWIKI
+
+
+@given(
+    groups=st.lists(
+        st.tuples(st.integers(0, 5000), st.integers(0, 10_000_000)), min_size=0, max_size=20
+    ),
+    unit_bytes=st.integers(1, 20_000_000),
+)
+def test_units_cover_every_row_once_in_order(
+    groups: list[tuple[int, int]], unit_bytes: int
+) -> None:
+    rows = tuple(g[0] for g in groups)
+    f = InputFile(
+        path="a.parquet",
+        format="parquet",
+        num_bytes=1,
+        num_rows=sum(rows),
+        row_group_rows=rows,
+        row_group_text_bytes=tuple(g[1] for g in groups),
+    )
+    units = plan_units([f, f], unit_bytes)
+    per_file = len(units) // 2
+    covered = [(u.row_start, u.row_end) for u in units[:per_file]]
+    assert covered[0][0] == 0 and covered[-1][1] == sum(rows)
+    for (_, end), (start, _) in itertools.pairwise(covered):
+        assert end == start
+    assert [u.index for u in units] == list(range(len(units)))
+
+
+def test_dictwiki_plans_more_units_than_files() -> None:
+    files = [describe_input(p, "text", "id") for p in list_inputs((str(DICTWIKI),))]
+    assert [f.num_rows for f in files] == [3830] * 4
+    units = plan_units(files, 256 * 1024)
+    assert len(units) > 4 * 3, "row groups are cut so parallelism is not capped by files"
+    total = sum(len(b.texts) for u in units for b in read_documents(u, "text", "id"))
+    assert total == 15_320
+
+
+def test_jsonl_and_zst_stream_with_ids_and_skips(tmp_path: Path) -> None:
+    lines = [
+        json.dumps({"id": "a", "text": "first"}).encode(),
+        json.dumps({"text": "no id here"}).encode(),
+        json.dumps({"id": "c", "text": None}).encode(),
+        b'{"id": "d", "text": "bad \xff utf8"}',
+        b'{"id": "e", "text": "lone \\ud800 surrogate"}',
+        b"",
+        json.dumps({"id": 7, "text": "numeric id"}).encode(),
+    ]
+    plain = tmp_path / "a.jsonl"
+    plain.write_bytes(b"\n".join(lines) + b"\n")
+    packed = tmp_path / "b.jsonl.zst"
+    packed.write_bytes(zstandard.ZstdCompressor().compress(plain.read_bytes()))
+    for path in (plain, packed):
+        files = [describe_input(str(path), "text", "id")]
+        (unit,) = plan_units(files, 1 << 20)
+        batches = list(read_documents(unit, "text", "id"))
+        ids = [i for b in batches for i in b.ids]
+        texts = [t for b in batches for t in b.texts]
+        assert ids[0] == "a" and ids[1] is None and ids[-1] == "7"
+        assert texts[0] == "first" and texts[2] is None
+        assert is_invalid(texts[3]) and is_invalid(texts[4])
+        assert len(texts) == 6
+
+
+def test_malformed_json_line_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"id": 1, "text": "ok"}\n{broken\n')
+    (unit,) = plan_units([describe_input(str(path), "text", "id")], 1 << 20)
+    with pytest.raises(DataError, match=r"x.jsonl:2: expected one JSON object per line"):
+        list(read_documents(unit, "text", "id"))
+
+
+def test_jsonl_text_not_a_string(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"id": 1, "text": 5}\n')
+    (unit,) = plan_units([describe_input(str(path), "text", "id")], 1 << 20)
+    with pytest.raises(DataError, match=r"x.jsonl:1: expected 'text' to be a string, found int"):
+        list(read_documents(unit, "text", "id"))
+
+
+def test_missing_input_path(tmp_path: Path) -> None:
+    with pytest.raises(
+        UsageError, match=r"nope: expected a parquet/jsonl file, a folder or a glob"
+    ):
+        list_inputs((str(tmp_path / "nope"),))
+
+
+def test_folder_without_data_files(tmp_path: Path) -> None:
+    (tmp_path / "readme.txt").write_text("hi")
+    with pytest.raises(
+        UsageError, match=r"expected .parquet, .jsonl or .jsonl.zst files, found none"
+    ):
+        list_inputs((str(tmp_path),))
+
+
+def test_glob_input() -> None:
+    files = list_inputs((str(DICTWIKI / "train-0000[01]-*.parquet"),))
+    assert [Path(f).name[:11] for f in files] == ["train-00000", "train-00001"]
+
+
+def test_not_parquet_and_truncated_parquet(tmp_path: Path) -> None:
+    fake = tmp_path / "fake.parquet"
+    fake.write_text("this is not parquet")
+    with pytest.raises(DataError, match=r"fake.parquet: expected a parquet file, found one whose"):
+        describe_input(str(fake), "text", "id")
+    data = (DICTWIKI / "train-00000-of-00004.parquet").read_bytes()
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"cut.parquet: .* truncated or not parquet"):
+        describe_input(str(cut), "text", "id")
+
+
+def test_text_column_missing_or_not_string(tmp_path: Path) -> None:
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"id": ["1"], "body": ["x"], "n": [3]}), path)
+    with pytest.raises(DataError, match=r"expected a text column 'text', found columns"):
+        describe_input(str(path), "text", "id")
+    with pytest.raises(DataError, match=r"expected column 'n' to be a string, found int64"):
+        describe_input(str(path), "n", "id")
+    with pytest.raises(DataError, match=r"expected an id column 'doc', found columns"):
+        describe_input(str(path), "body", "doc")
+
+
+def test_invalid_utf8_in_parquet_is_marked(tmp_path: Path) -> None:
+    """Arrow does not validate UTF-8 when it reads binary cast unsafely to string."""
+    path = tmp_path / "u.parquet"
+    texts = pa.array([b"good", b"bad \xff", None], pa.binary()).view(pa.string())
+    pq.write_table(pa.table({"id": ["1", "2", "3"], "text": texts}), path)
+    (unit,) = plan_units([describe_input(str(path), "text", "id")], 1 << 20)
+    (batch,) = list(read_documents(unit, "text", "id"))
+    assert batch.texts[0] == "good" and is_invalid(batch.texts[1]) and batch.texts[2] is None
