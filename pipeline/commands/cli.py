@@ -123,10 +123,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress_stream=None if args.quiet else sys.stderr,
     )
-    splits = result.manifest["splits"]
+    splits = result.manifest.splits
     print(
         f"done: {result.num_units} units ({result.num_units_run} run now), "
-        + ", ".join(f"{s} {v['num_blocks']:,} blocks" for s, v in splits.items())
+        + ", ".join(f"{s} {v.num_blocks:,} blocks" for s, v in splits.items())
         + f", {result.num_tokens:,} document tokens in {result.seconds:.1f}s "
         f"({result.num_tokens / max(result.seconds, 1e-9) / 1e6:.2f} M tokens/s) -> {config.output}"
     )

@@ -30,7 +30,7 @@ from typing import Any
 
 from pipeline.commands.sample_corpus import build_sample_corpus, train_wordpiece
 from pipeline.errors import UsageError
-from pipeline.format.manifest import load_manifest, write_json_atomic
+from pipeline.format.records import write_json_atomic
 from pipeline.run.config import RunConfig
 
 MARKER = "demo.json"
@@ -132,35 +132,21 @@ def _run_pipeline(paths: list[Path], tokenizer: str, data: Path, workers: int | 
     t = time.monotonic()
     # overwrite: data/ belongs to the demo; a new --tokenizer makes it a different run.
     result = run_pipeline(config, RayExecutor(workers=workers), overwrite=True)
-    splits = result.manifest["splits"]
+    splits = result.manifest.splits
     print(
         f"demo: 3/5 done: {result.num_units} units ({result.num_units_run} run now), "
-        + ", ".join(f"{s} {v['num_blocks']:,} blocks" for s, v in splits.items())
+        + ", ".join(f"{s} {v.num_blocks:,} blocks" for s, v in splits.items())
         + f", {result.num_tokens:,} document tokens this run [{time.monotonic() - t:.1f}s]",
         flush=True,
     )
 
 
 def _inspect(data: Path) -> int:
-    try:
-        from pipeline.commands.inspection import main as inspect_main
-    except ModuleNotFoundError as exc:
-        if exc.name != "pipeline.commands.inspection":
-            raise
-        _print_manifest_summary(data)  # this checkout has no `pipeline inspect` yet
-        return 0
+    from pipeline.commands.inspection import main as inspect_main  # polars: imported when used
+
     return inspect_main(
         argparse.Namespace(output=str(data), json=False, decode=1, shards=False, top=10)
     )
-
-
-def _print_manifest_summary(data: Path) -> None:
-    manifest = load_manifest(str(data))
-    for split, s in manifest["splits"].items():
-        print(
-            f"  {split}: {s['num_blocks']:,} blocks of {manifest['config']['block_size']} tokens"
-            f" in {len(s['shards'])} shards, {s['num_bytes'] / 1e6:.2f} MB"
-        )
 
 
 def _train(data: Path, run: Path, steps: int) -> int:
@@ -171,13 +157,8 @@ def _train(data: Path, run: Path, steps: int) -> int:
     if missing:
         print(f"demo: 5/5 training skipped: {', '.join(missing)} missing; `{ENABLE_TRAINING}`")
         return 0
-    try:
-        from pipeline.train.loop import main as train_main
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("pipeline.train", "pipeline.train.loop"):
-            raise
-        print(f"demo: 5/5 training skipped: this checkout has no {exc.name}")
-        return 0
+    from pipeline.train.loop import main as train_main  # torch: imported only when it trains
+
     argv = train_argv(data, run, steps)
     print(f"demo: 5/5 pipeline train {' '.join(argv)}", flush=True)
     code = train_main(argv)

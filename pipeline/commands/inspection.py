@@ -17,13 +17,12 @@ import pyarrow as pa
 from tokenizers import Tokenizer
 
 from pipeline.commands.inspection_report import render_text
-from pipeline.commands.verification import ledger_problems, manifest_layout
+from pipeline.commands.verification import ledger_problems
 from pipeline.core import histogram
-from pipeline.core.ledger import Ledger
 from pipeline.core.packing import Blocks
 from pipeline.errors import DataError, UsageError, brief
 from pipeline.format import storage
-from pipeline.format.manifest import load_manifest
+from pipeline.format.manifest import Manifest, SplitRecord, TokenizerRecord, load_manifest
 from pipeline.format.paths import TOKENIZER_FILE
 from pipeline.format.shards import ShardReader
 
@@ -113,34 +112,32 @@ def summarize(output: str, decode: int = 0, top: int = 20) -> dict[str, Any]:
     """Everything `inspect` reports, as a JSON-able dict; `problems` lists failed checks."""
     if decode < 0 or top < 0:
         raise UsageError(f"--decode/--top: expected counts >= 0, found {decode}/{top}")
-    manifest = load_manifest(output)
-    with manifest_layout(output):
-        return _summarize(output, manifest, decode, top)
+    return _summarize(output, load_manifest(output), decode, top)
 
 
-def _summarize(output: str, manifest: dict[str, Any], decode: int, top: int) -> dict[str, Any]:
-    config, tokinfo = manifest["config"], manifest["tokenizer"]
-    block_size, vocab_size = int(config["block_size"]), int(tokinfo["vocab_size"])
+def _summarize(output: str, manifest: Manifest, decode: int, top: int) -> dict[str, Any]:
+    tokinfo = manifest.tokenizer
+    block_size, vocab_size = manifest.block_size, tokinfo.vocab_size
     tok = Tokenizer.from_str(storage.read_bytes(storage.join(output, TOKENIZER_FILE)).decode())
-    picks = sample_positions(sum(s["num_blocks"] for s in manifest["splits"].values()), decode)
+    picks = sample_positions(manifest.num_blocks, decode)
     problems: list[str] = []
     samples: list[dict[str, Any]] = []
     splits: dict[str, Any] = {}
     base = 0
-    for split, entry in manifest["splits"].items():
+    for split, entry in manifest.splits.items():
         scan = SplitScan(split, block_size, vocab_size, picks, base)
-        for shard in entry["shards"]:
-            uri = storage.join(output, *shard["file"].split("/"))
+        for shard in entry.shards:
+            uri = shard.uri(output)
             if not storage.exists(uri):
-                problems.append(f"{split}: {shard['file']} is missing; run `pipeline verify`")
+                problems.append(f"{split}: {shard.file} is missing; run `pipeline verify`")
                 continue
             try:
                 reader = ShardReader(uri)
                 if reader.meta.block_size != block_size:
                     raise DataError(f"block_size {reader.meta.block_size}, not {block_size}")
-                scan.add_shard(reader, shard["file"], int(shard["num_blocks"]))
+                scan.add_shard(reader, shard.file, shard.num_blocks)
             except (DataError, pa.ArrowException, OSError) as exc:  # report it, go on
-                problems.append(f"{split}: {shard['file']} does not read ({brief(exc, 200)})")
+                problems.append(f"{split}: {shard.file} does not read ({brief(exc, 200)})")
         checks = split_checks(entry, scan)
         problems += [f"{split}: {c}" for c in checks]
         splits[split] = _split_summary(entry, scan, checks, tok, tokinfo, top)
@@ -150,14 +147,19 @@ def _summarize(output: str, manifest: dict[str, Any], decode: int, top: int) -> 
         s["text"] = tok.decode(s.pop("ids"), skip_special_tokens=False)
     return {
         "output": output,
-        "format_version": manifest["format_version"],
-        "pipeline_version": manifest.get("pipeline_version"),
+        "format_version": manifest.format_version,
+        "pipeline_version": manifest.pipeline_version,
         "block_size": block_size,
-        "packing": config.get("packing"),
-        "tokenizer": {k: tokinfo[k] for k in ("sha256", "vocab_size", "dtype", "special_ids")},
-        "inputs": manifest["inputs"],
-        "skipped_files": manifest.get("skipped_files", []),
-        "num_units": manifest.get("num_units"),
+        "packing": manifest.packing,
+        "tokenizer": {
+            "sha256": tokinfo.sha256,
+            "vocab_size": tokinfo.vocab_size,
+            "dtype": tokinfo.dtype,
+            "special_ids": tokinfo.special_ids,
+        },
+        "inputs": [i.to_dict() for i in manifest.inputs],
+        "skipped_files": [s.to_dict() for s in manifest.skipped_files],
+        "num_units": manifest.num_units,
         "splits": splits,
         "samples": samples,
         "problems": problems,
@@ -165,7 +167,7 @@ def _summarize(output: str, manifest: dict[str, Any], decode: int, top: int) -> 
     }
 
 
-def split_checks(entry: dict[str, Any], scan: SplitScan) -> list[str]:
+def split_checks(entry: SplitRecord, scan: SplitScan) -> list[str]:
     """The manifest's ledger and counts against each other and against the shards read."""
     checks = ledger_problems(entry, scan.block_size)
     for row in scan.shards:
@@ -174,8 +176,8 @@ def split_checks(entry: dict[str, Any], scan: SplitScan) -> list[str]:
                 f"{row['file']} holds {row['blocks']:,} blocks, the manifest says "
                 f"{row['manifest_blocks']:,}"
             )
-    if scan.num_blocks != entry["num_blocks"]:
-        checks.append(f"shards hold {scan.num_blocks:,} blocks, manifest {entry['num_blocks']:,}")
+    if scan.num_blocks != entry.num_blocks:
+        checks.append(f"shards hold {scan.num_blocks:,} blocks, manifest {entry.num_blocks:,}")
     if scan.max_id >= scan.vocab_size:
         checks.append(f"{scan.out_of_range:,} ids >= vocabulary size {scan.vocab_size:,}")
     if scan.bad_starts:
@@ -184,16 +186,16 @@ def split_checks(entry: dict[str, Any], scan: SplitScan) -> list[str]:
 
 
 def _split_summary(
-    entry: dict[str, Any],
+    entry: SplitRecord,
     scan: SplitScan,
     checks: list[str],
     tok: Tokenizer,
-    tokinfo: dict[str, Any],
+    tokinfo: TokenizerRecord,
     top: int,
 ) -> dict[str, Any]:
-    ledger = Ledger.from_dict(entry["ledger"])
+    ledger = entry.ledger
     tokens = scan.num_blocks * scan.block_size
-    raw = tokens * np.dtype(tokinfo["dtype"]).itemsize + scan.num_doc_starts * 2  # uint16 starts
+    raw = tokens * np.dtype(tokinfo.dtype).itemsize + scan.num_doc_starts * 2  # uint16 starts
     on_disk = sum(r["bytes"] for r in scan.shards)
     schema = dict.fromkeys(("blocks", "doc_starts", "bytes", "manifest_blocks"), pl.Int64)
     shards = pl.DataFrame(scan.shards, schema={"file": pl.String, **schema}).with_columns(
@@ -203,11 +205,11 @@ def _split_summary(
             pl.col("bytes") / (pl.col("blocks") * scan.block_size)
         ),
     )
-    special = [i for i in tokinfo["all_special_ids"] if i < scan.vocab_size]
-    unk = tokinfo["special_ids"].get("unk")
+    special = [i for i in tokinfo.all_special_ids if i < scan.vocab_size]
+    unk = tokinfo.special_ids.get("unk")
     return {
         "shards": shards.to_dicts(),
-        "num_shards": len(entry["shards"]),
+        "num_shards": len(entry.shards),
         "num_blocks": scan.num_blocks,
         "num_tokens": tokens,
         "num_documents": ledger.num_documents_packed,

@@ -25,10 +25,13 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}{SHARD_SUFFIX}"
 
 
+def sidecar_of(shard: str) -> str:
+    """The sidecar's name (or path) for a shard's: shard-NNNNN.arrow -> shard-NNNNN.json."""
+    return shard.removesuffix(SHARD_SUFFIX) + SIDECAR_SUFFIX
+
+
 def sidecar_uri(output: str, split: str, index: int) -> str:
-    return storage.join(
-        output, split, shard_name(index).removesuffix(SHARD_SUFFIX) + SIDECAR_SUFFIX
-    )
+    return storage.join(output, split, sidecar_of(shard_name(index)))
 
 
 def shard_uri(output: str, split: str, index: int) -> str:

@@ -9,12 +9,11 @@ split's sidecar carries this run's digest and its shard has the recorded size an
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from glob import has_magic as glob_chars
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -24,7 +23,8 @@ from pipeline import FORMAT_VERSION, __version__
 from pipeline.core.split import SPLITS
 from pipeline.errors import UsageError
 from pipeline.format import storage
-from pipeline.format.manifest import Sidecar, read_json, read_sidecar, write_json_atomic
+from pipeline.format.integrity import check_shard
+from pipeline.format.locks import exclusive as exclusive_lock
 from pipeline.format.paths import (
     LOCK_FILE,
     MANIFEST_NAME,
@@ -33,6 +33,8 @@ from pipeline.format.paths import (
     TOKENIZER_FILE,
     shard_uri,
 )
+from pipeline.format.records import read_json, write_json_atomic
+from pipeline.format.sidecars import Sidecar, read_sidecar
 from pipeline.ingest.units import format_of
 
 
@@ -137,20 +139,15 @@ def exclusive(output: str) -> Iterator[None]:
     if storage.is_remote(output):
         yield
         return
-    storage.make_dirs(output)
-    fd = os.open(os.path.join(storage.normalize(output), LOCK_FILE), os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
+
+    def refuse() -> None:
         raise UsageError(
             f"--output {output}: expected no other run writing there, found one running (it "
             f"holds {LOCK_FILE}); wait for it to finish, or choose another --output"
-        ) from None
-    try:
+        )
+
+    with exclusive_lock(Path(storage.normalize(output), LOCK_FILE), on_busy=refuse):
         yield
-    finally:
-        os.close(fd)
 
 
 RUN_FILES = (MANIFEST_NAME, RUN_FILE, TOKENIZER_FILE, TIMINGS_FILE)
@@ -174,9 +171,8 @@ def finished_sidecars(output: str, index: int, digest: str) -> dict[str, Sidecar
         if car is None or car.run_digest != digest:
             return None
         uri = shard_uri(output, split, index)
-        if not storage.exists(uri) or storage.size_of(uri) != car.num_bytes:
-            return None
-        if storage.sha256_of(uri) != car.sha256:
+        check = check_shard(uri, num_bytes=car.num_bytes, sha256=car.sha256)
+        if not check.ok:
             return None
         found[split] = car
     return found

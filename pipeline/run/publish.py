@@ -9,9 +9,9 @@ import numpy as np
 from pipeline.core.ledger import Ledger
 from pipeline.core.packing import PackSpec
 from pipeline.errors import DataError
-from pipeline.format.manifest import Sidecar, write_sidecar
 from pipeline.format.paths import shard_name
 from pipeline.format.shards import ShardMeta, ShardWriter
+from pipeline.format.sidecars import Sidecar, write_sidecar
 from pipeline.ingest.tokenization import TokenizerInfo
 from pipeline.run.config import RunConfig
 

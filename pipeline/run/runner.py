@@ -20,8 +20,17 @@ from pipeline import __version__
 from pipeline.core.split import SPLITS
 from pipeline.errors import DataError, brief
 from pipeline.format import storage
-from pipeline.format.manifest import Sidecar, build_manifest, read_sidecar, write_json_atomic
-from pipeline.format.paths import MANIFEST_NAME, TIMINGS_FILE, TOKENIZER_FILE
+from pipeline.format.manifest import (
+    InputRecord,
+    Manifest,
+    SkippedFile,
+    TokenizerRecord,
+    build_manifest,
+    write_manifest,
+)
+from pipeline.format.paths import TIMINGS_FILE, TOKENIZER_FILE
+from pipeline.format.records import write_json_atomic
+from pipeline.format.sidecars import Sidecar, read_sidecar
 from pipeline.ingest.sources import describe_input, list_inputs
 from pipeline.ingest.tokenization import (
     TokenizerInfo,
@@ -64,7 +73,7 @@ class LocalExecutor:
 
 @dataclass(frozen=True, kw_only=True)
 class RunResult:
-    manifest: dict[str, Any]
+    manifest: Manifest
     num_units: int
     num_units_run: int
     seconds: float
@@ -105,14 +114,14 @@ def run_pipeline(
             # Without `output`: a dataset is relocatable, and runs into two folders compare equal.
             config={k: v for k, v in config.to_dict().items() if k != "output"},
             tokenizer=_tokenizer_record(info),
-            inputs=_count_rows(inputs, units, sidecars),
-            skipped_files=skipped_files + _skipped_units(sidecars),
+            inputs=[InputRecord(**i) for i in _count_rows(inputs, units, sidecars)],
+            skipped_files=[SkippedFile(**s) for s in skipped_files + _skipped_units(sidecars)],
             num_units=len(units),
             sidecars=sidecars,
             pipeline_version=__version__,
         )
         _check_real_work(config, manifest)
-        write_json_atomic(storage.join(config.output, MANIFEST_NAME), manifest)
+        write_manifest(config.output, manifest)
     seconds = time.monotonic() - started
     _write_timings(config.output, seconds, len(pending), num_tokens, peak_rss)
     return RunResult(
@@ -208,15 +217,15 @@ def _skipped_units(sidecars: dict[str, list[Sidecar]]) -> list[dict[str, str]]:
     ]
 
 
-def _check_real_work(config: RunConfig, manifest: dict[str, Any]) -> None:
+def _check_real_work(config: RunConfig, manifest: Manifest) -> None:
     """A run that packed no document at all is a mistake (wrong column?), not a dataset."""
-    ledgers = [split["ledger"] for split in manifest["splits"].values()]
-    if sum(led["num_documents_packed"] for led in ledgers):
+    ledgers = [split.ledger for split in manifest.splits.values()]
+    if sum(led.num_documents_packed for led in ledgers):
         return
-    read = sum(led["num_documents"] for led in ledgers)
+    read = sum(led.num_documents for led in ledgers)
     skipped: dict[str, int] = {}
     for led in ledgers:
-        for reason, n in led["skipped"].items():
+        for reason, n in led.skipped.items():
             skipped[reason] = skipped.get(reason, 0) + n
     raise DataError(
         f"--input {' '.join(config.inputs)}: expected texts in column {config.text_column!r}, "
@@ -267,14 +276,14 @@ def _describe_inputs(paths: list[str], config: RunConfig) -> tuple[list[InputFil
     return files, skipped
 
 
-def _tokenizer_record(info: TokenizerInfo) -> dict[str, Any]:
-    return {
-        "file": TOKENIZER_FILE,
-        "sha256": info.sha256,
-        "vocab_size": info.vocab_size,
-        "dtype": info.dtype,
-        "prefix_ids": list(info.prefix_ids),
-        "suffix_ids": list(info.suffix_ids),
-        "special_ids": info.special_ids,
-        "all_special_ids": list(info.all_special_ids),
-    }
+def _tokenizer_record(info: TokenizerInfo) -> TokenizerRecord:
+    return TokenizerRecord(
+        file=TOKENIZER_FILE,
+        sha256=info.sha256,
+        vocab_size=info.vocab_size,
+        dtype=info.dtype,
+        prefix_ids=tuple(info.prefix_ids),
+        suffix_ids=tuple(info.suffix_ids),
+        special_ids=info.special_ids,
+        all_special_ids=tuple(info.all_special_ids),
+    )

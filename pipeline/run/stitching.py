@@ -11,9 +11,9 @@ import numpy as np
 
 from pipeline.core.ledger import Ledger
 from pipeline.core.packing import Packer
-from pipeline.format.manifest import Sidecar
 from pipeline.format.paths import shard_uri
 from pipeline.format.shards import ShardWriter
+from pipeline.format.sidecars import Sidecar
 from pipeline.ingest.tokenization import TokenizerInfo
 from pipeline.run.config import RunConfig
 from pipeline.run.publish import pack_spec, publish_shard, shard_meta

@@ -23,15 +23,16 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import FORMAT_VERSION
 from pipeline.errors import DataError, UsageError
-from pipeline.format import storage
-from pipeline.format.manifest import load_manifest
+from pipeline.format.integrity import check_shard, expected_meta
+from pipeline.format.manifest import ShardRecord, TokenizerRecord, load_manifest
 from pipeline.format.shards import ShardReader
 
 # Memory-mapped shards kept open per process: a window touches at most `window_chunks` shards,
 # and a split of thousands of shards must not exhaust file descriptors.
 _OPEN_SHARDS = 64
+# What decides how blocks read: the vocabulary size is checked per chunk when it is read.
+_LAYOUT_KEYS = ("format_version", "block_size", "dtype", "tokenizer_sha256", "split")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,20 +73,19 @@ class BlockDataset:
         self.manifest = load_manifest(output)
         self.with_doc_ids = with_doc_ids
         self.cache_chunks = max(1, cache_chunks)
-        splits = self.manifest["splits"]
-        if split not in splits or not splits[split]["num_blocks"]:
+        entry = self.manifest.splits.get(split)
+        if entry is None or not entry.num_blocks:
             raise DataError(
                 f"{output}: expected blocks in split {split!r}, found "
-                f"{splits.get(split, {}).get('num_blocks', 'no such split')}; "
+                f"{'no such split' if entry is None else entry.num_blocks}; "
                 "rerun `pipeline run` with more input (or a validation fraction > 0)"
             )
-        tok = self.manifest["tokenizer"]
-        self.tokenizer: dict[str, Any] = tok
-        self.block_size = int(self.manifest["config"]["block_size"])
-        self.dtype = str(tok["dtype"])
-        batch_blocks = int(self.manifest["config"]["batch_blocks"])
-        self.shard_uris = [storage.join(output, s["file"]) for s in splits[split]["shards"]]
-        counts = [int(s["num_blocks"]) for s in splits[split]["shards"]]
+        self.tokenizer: TokenizerRecord = self.manifest.tokenizer
+        self.block_size = self.manifest.block_size
+        self.dtype = self.tokenizer.dtype
+        batch_blocks = self.manifest.batch_blocks
+        self.shard_uris = [s.uri(output) for s in entry.shards]
+        counts = [s.num_blocks for s in entry.shards]
         sizes, owners = [], []
         for k, n in enumerate(counts):
             full, rest = divmod(n, batch_blocks)
@@ -96,14 +96,14 @@ class BlockDataset:
         self.chunk_owner = owners  # chunk -> (shard, record batch)
         self.chunk_starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.num_blocks = int(self.chunk_starts[-1])
-        self._check(expect or DataExpectation(), splits[split]["shards"])
+        self._check(expect or DataExpectation(), entry.shards)
         self._readers: OrderedDict[int, ShardReader] = OrderedDict()
         self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
         self._pid = os.getpid()
 
-    def _check(self, expect: DataExpectation, shards: list[dict[str, Any]]) -> None:
+    def _check(self, expect: DataExpectation, shards: tuple[ShardRecord, ...]) -> None:
         tok = self.tokenizer
-        found = {"tokenizer sha256": tok["sha256"], "block size": self.block_size}
+        found = {"tokenizer sha256": tok.sha256, "block size": self.block_size}
         found["dtype"] = self.dtype
         wanted = {"tokenizer sha256": expect.tokenizer_sha256, "block size": expect.block_size}
         wanted["dtype"] = expect.dtype
@@ -114,34 +114,31 @@ class BlockDataset:
                     "in these shards; train on an output made with the same tokenizer and "
                     "block size (or rerun `pipeline run` to make one)"
                 )
-        if expect.num_embeddings is not None and int(tok["vocab_size"]) > expect.num_embeddings:
+        if expect.num_embeddings is not None and tok.vocab_size > expect.num_embeddings:
             raise DataError(
                 f"{self.output}: expected token ids below the model's {expect.num_embeddings} "
-                f"embedding rows, found a vocabulary of {tok['vocab_size']}; train a model "
+                f"embedding rows, found a vocabulary of {tok.vocab_size}; train a model "
                 "whose vocabulary covers the tokenizer's (or resize its embeddings)"
             )
+        # Sizes and the footer metadata that decides how blocks read; no hashing (that is
+        # `pipeline verify`, or `--verify`). The vocabulary is checked chunk by chunk instead.
+        expected = expected_meta(self.manifest, self.split)
         for uri, rec in zip(self.shard_uris, shards, strict=True):
-            if not storage.exists(uri) or storage.size_of(uri) != rec["num_bytes"]:
+            check = check_shard(
+                uri, num_bytes=rec.num_bytes, expected=expected, meta_keys=_LAYOUT_KEYS
+            )
+            if not check.ok:
                 raise DataError(
-                    f"{uri}: expected a shard of {rec['num_bytes']} bytes as the manifest says, "
-                    "found it missing or of another size; rerun `pipeline run` on this output"
-                )
-            meta = ShardReader(uri).meta
-            expected = (FORMAT_VERSION, self.block_size, self.dtype, tok["sha256"], self.split)
-            actual = (meta.format_version, meta.block_size, meta.dtype)
-            actual += (meta.tokenizer_sha256, meta.split)
-            if actual != expected:
-                raise DataError(
-                    f"{uri}: expected shard metadata (format_version, block_size, dtype, "
-                    f"tokenizer_sha256, split) = {expected}, found {actual}; the shard belongs "
-                    "to another run, rerun `pipeline run --overwrite` on this output"
+                    f"{uri}: expected the shard the manifest lists, found a problem: "
+                    f"{'; '.join(check.problems)}; rerun `pipeline run` on this output (with "
+                    "--overwrite if the shard belongs to another run)"
                 )
 
     def identity(self) -> dict[str, Any]:
         """What a checkpoint records to check that a resumed run reads the same data."""
         return {
             "output": self.output,
-            "tokenizer_sha256": self.tokenizer["sha256"],
+            "tokenizer_sha256": self.tokenizer.sha256,
             "block_size": self.block_size,
             "dtype": self.dtype,
             "num_blocks": self.num_blocks,
@@ -203,10 +200,10 @@ class BlockDataset:
                 "manifest, rerun `pipeline run` on this output"
             )
         top = int(blocks.tokens.max()) if blocks.num_blocks else 0
-        if top >= int(self.tokenizer["vocab_size"]):
+        if top >= self.tokenizer.vocab_size:
             raise DataError(
                 f"{self.shard_uris[shard]}: expected ids below vocab size "
-                f"{self.tokenizer['vocab_size']}, found {top} in record batch {batch}; the "
+                f"{self.tokenizer.vocab_size}, found {top} in record batch {batch}; the "
                 "shard is damaged, rerun `pipeline run` on this output"
             )
         entry = (blocks.tokens, blocks.start_values.astype(np.int64), blocks.start_offsets)

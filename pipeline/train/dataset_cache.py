@@ -18,20 +18,18 @@ downloads, the others wait, then find every file in place and only check the sha
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from pipeline.core.split import SPLITS
 from pipeline.errors import DataError
 from pipeline.format import storage
-from pipeline.format.manifest import load_manifest
+from pipeline.format.integrity import check_shard
+from pipeline.format.locks import exclusive
+from pipeline.format.manifest import Manifest, load_manifest
 from pipeline.format.paths import MANIFEST_NAME, TOKENIZER_FILE
 
 CACHE_ENV = "PIPELINE_CACHE_DIR"
@@ -53,40 +51,27 @@ def local_dataset(uri: str, cache_root: Path | None = None) -> tuple[Path, int]:
         return Path(storage.normalize(uri)), 0
     manifest = load_manifest(uri)  # refuses an unfinished run before anything is copied
     root = cache_folder(uri, cache_root)
-    with _exclusive(root.with_name(root.name + ".lock"), uri):
+
+    def wait() -> None:  # say why a rank sits still, then wait for the download
+        print(f"data: waiting for another process mirroring {uri}", file=sys.stderr)
+
+    with exclusive(root.with_name(root.name + ".lock"), on_busy=wait):
         return root, _mirror(uri, root, manifest)
 
 
-@contextmanager
-def _exclusive(lock_file: Path, uri: str) -> Iterator[None]:
-    """Hold an exclusive lock on `lock_file`; released on exit, also when the process dies."""
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "a+b") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # say why a rank sits still, then wait for the download
-            print(f"data: waiting for another process mirroring {uri}", file=sys.stderr)
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _mirror(uri: str, root: Path, manifest: dict[str, Any]) -> int:
-    text = json.dumps(manifest, indent=1, sort_keys=True).encode()
+def _mirror(uri: str, root: Path, manifest: Manifest) -> int:
+    text = json.dumps(manifest.to_dict(), indent=1, sort_keys=True).encode()
     cached_manifest = root / MANIFEST_NAME
     if cached_manifest.is_file() and cached_manifest.read_bytes() != text:
         cached_manifest.unlink()  # the remote dataset was rebuilt: this folder is not it now
-    fetched = _fetch(uri, root, TOKENIZER_FILE, None, manifest["tokenizer"]["sha256"])
+    fetched = _fetch(uri, root, TOKENIZER_FILE, None, manifest.tokenizer.sha256)
     listed = set()
-    for split in manifest["splits"].values():
-        for shard in split["shards"]:
-            fetched += _fetch(uri, root, shard["file"], shard["num_bytes"], shard["sha256"])
-            sidecar = shard["file"].removesuffix(".arrow") + ".json"
-            fetched += _refresh(uri, root, sidecar)
-            listed |= {shard["file"], sidecar}
-    for folder in sorted(set(SPLITS) | set(manifest["splits"])):
+    for split in manifest.splits.values():
+        for shard in split.shards:
+            fetched += _fetch(uri, root, shard.file, shard.num_bytes, shard.sha256)
+            fetched += _refresh(uri, root, shard.sidecar_file)
+            listed |= {shard.file, shard.sidecar_file}
+    for folder in sorted(set(SPLITS) | set(manifest.splits)):
         if (root / folder).is_dir():
             for path in sorted((root / folder).rglob("*")):
                 if path.is_file() and path.relative_to(root).as_posix() not in listed:
@@ -98,8 +83,7 @@ def _mirror(uri: str, root: Path, manifest: dict[str, Any]) -> int:
 
 def _fetch(uri: str, root: Path, name: str, size: int | None, sha256: str) -> int:
     local = root / name
-    fresh = local.is_file() and (size is None or local.stat().st_size == size)
-    if fresh and _sha256_file(local) == sha256:
+    if local.is_file() and check_shard(str(local), num_bytes=size, sha256=sha256).ok:
         return 0
     data = storage.read_bytes(storage.join(uri, name))
     if hashlib.sha256(data).hexdigest() != sha256:
@@ -119,11 +103,3 @@ def _refresh(uri: str, root: Path, name: str) -> int:
     if not (local.is_file() and local.read_bytes() == data):
         storage.write_bytes_atomic(str(local), data)
     return len(data)
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

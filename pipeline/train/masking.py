@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.format.manifest import TokenizerRecord
+
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -53,11 +55,11 @@ class MaskingSpec:
             raise ValueError(f"mask id {self.mask_id} is not below vocab size {self.vocab_size}")
 
     @classmethod
-    def from_manifest(cls, tokenizer: dict[str, Any], **fractions: float) -> MaskingSpec:
+    def from_manifest(cls, tokenizer: TokenizerRecord, **fractions: float) -> MaskingSpec:
         return cls(
-            mask_id=int(tokenizer["special_ids"]["mask"]),
-            vocab_size=int(tokenizer["vocab_size"]),
-            special_ids=tuple(int(i) for i in tokenizer["all_special_ids"]),
+            mask_id=int(tokenizer.special_ids["mask"]),
+            vocab_size=tokenizer.vocab_size,
+            special_ids=tokenizer.all_special_ids,
             **fractions,
         )
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import UsageError
+from pipeline.format.manifest import TokenizerRecord
 
 _TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
 PRESETS: dict[str, dict[str, Any]] = {
@@ -54,7 +55,7 @@ DOC_ATTENTION_MODELS = frozenset(
 )
 
 
-def load_model(spec: str, tokenizer: dict[str, Any], block_size: int) -> Any:
+def load_model(spec: str, tokenizer: TokenizerRecord, block_size: int) -> Any:
     """A float32 masked-LM model from a local folder, a JSON config file or a preset name."""
     from transformers import AutoConfig, AutoModelForMaskedLM
 
@@ -86,9 +87,9 @@ def load_model(spec: str, tokenizer: dict[str, Any], block_size: int) -> Any:
                 f"--model {spec}: expected a local model folder, a config .json file or one of "
                 f"the presets {', '.join(PRESETS)}, found none of these; no downloads are made"
             )
-        values.setdefault("vocab_size", int(tokenizer["vocab_size"]))
+        values.setdefault("vocab_size", tokenizer.vocab_size)
         values.setdefault("max_position_embeddings", max(512, block_size))
-        pad = tokenizer["special_ids"].get("pad")
+        pad = tokenizer.special_ids.get("pad")
         if pad is not None:
             values.setdefault("pad_token_id", int(pad))
         model_type = values.pop("model_type", None)

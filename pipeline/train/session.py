@@ -60,7 +60,7 @@ def setup(cfg: TrainConfig, rt: Runtime) -> Session:
     if cfg.verify:
         verify_data(cfg.data, rt)
     manifest = load_manifest(cfg.data)
-    tok, block_size = manifest["tokenizer"], int(manifest["config"]["block_size"])
+    tok, block_size = manifest.tokenizer, manifest.block_size
     resume_from = checkpoint.resolve_resume(cfg.output, cfg.resume) if cfg.resume else None
     prior = checkpoint.read_state(resume_from) if resume_from else None
     checkpoint.prepare_run(cfg.output, prior, cfg.to_dict(), rt.world_size, rt.rank)

@@ -200,13 +200,13 @@ def test_demo_runs_end_to_end_then_resumes(
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     manifest = load_manifest(str(out / "data"))
-    assert manifest["num_units"] >= 4
+    assert manifest.num_units >= 4
     for split in ("train", "validation"):
-        assert manifest["splits"][split]["num_blocks"] > 0
-        assert manifest["splits"][split]["ledger"]["num_document_tokens"] > 0
-    assert manifest["tokenizer"]["vocab_size"] == demo.VOCAB_SIZE
-    assert sum(f["num_rows"] for f in manifest["inputs"]) > 200
-    assert f"{manifest['num_units']} units ({manifest['num_units']} run now)" in printed
+        assert manifest.splits[split].num_blocks > 0
+        assert manifest.splits[split].ledger.num_document_tokens > 0
+    assert manifest.tokenizer.vocab_size == demo.VOCAB_SIZE
+    assert sum(f.num_rows for f in manifest.inputs) > 200
+    assert f"{manifest.num_units} units ({manifest.num_units} run now)" in printed
     assert "training skipped (--train-steps 0)" in printed
     record = json.loads((out / demo.MARKER).read_text())
     assert record["tokenizer"] == str(out / "tokenizer.json")
@@ -215,5 +215,5 @@ def test_demo_runs_end_to_end_then_resumes(
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert "tokenizer: reused" in printed
-    assert f"{manifest['num_units']} units (0 run now)" in printed
+    assert f"{manifest.num_units} units (0 run now)" in printed
     assert load_manifest(str(out / "data")) == manifest

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -217,14 +218,14 @@ def test_damaged_manifest_layout(out: Path, capsys: pytest.CaptureFixture) -> No
     manifest = _manifest(out)
     del manifest["splits"]["train"]["ledger"]
     _write_manifest(out, manifest)
-    with pytest.raises(
-        DataError,
-        match=r"manifest.json: expected the manifest layout of format 1, "
-        r"found a damaged one \(KeyError: 'ledger'\)",
-    ):
+    message = (
+        "manifest.json: expected splits.train.ledger to be an object, found it missing; "
+        "rerun the same `pipeline run` command to rewrite the manifest"
+    )
+    with pytest.raises(DataError, match=re.escape(message)):
         verify_output(str(out))
     assert cli.main(["inspect", str(out)]) == 1
-    assert "found a damaged one (KeyError: 'ledger')" in capsys.readouterr().err
+    assert capsys.readouterr().err.endswith(message + "\n")
 
 
 def test_json_report(out: Path, capsys: pytest.CaptureFixture) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -10,13 +9,13 @@ import pytest
 from pipeline.commands import cli
 from pipeline.commands.verification import verify_output
 from pipeline.format import storage
-from pipeline.format.manifest import load_manifest
+from pipeline.format.manifest import Manifest, load_manifest
 from pipeline.run.runner import LocalExecutor, run_pipeline
 from tests.conftest import BERT, make_config, upload_folder
 
 
-def _shard_digests(manifest: dict) -> list[str]:
-    return [s["sha256"] for split in manifest["splits"].values() for s in split["shards"]]
+def _shard_digests(manifest: Manifest) -> list[str]:
+    return [s.sha256 for split in manifest.splits.values() for s in split.shards]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +35,7 @@ def test_s3_in_s3_out_resume_and_verify(
     upload_folder(dictwiki_one_file, data)
     config = make_config(data, BERT, out, unit_bytes=256 * 1024)  # type: ignore[arg-type]
     first = run_pipeline(config, LocalExecutor(), progress_stream=None)
-    assert first.manifest["splits"]["train"]["num_blocks"] > 2000
+    assert first.manifest.splits["train"].num_blocks > 2000
     # The same shard bytes as a local run: storage changes nothing.
     assert _shard_digests(first.manifest) == _shard_digests(local_reference)
     assert load_manifest(out) == first.manifest
@@ -83,6 +82,6 @@ def test_s3_with_ray_workers_through_the_cli(
         ]
     )
     assert code == 0, capsys.readouterr().err
-    manifest = json.loads(storage.read_bytes(f"{out}/manifest.json"))
+    manifest = load_manifest(out)
     assert _shard_digests(manifest) == _shard_digests(local_reference)
-    assert manifest["splits"]["train"]["num_blocks"] > 2000
+    assert manifest.splits["train"].num_blocks > 2000

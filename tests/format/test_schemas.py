@@ -11,7 +11,8 @@ import pytest
 from referencing import Registry, Resource
 
 from pipeline.core.ledger import SKIP_REASONS, Ledger
-from pipeline.format.manifest import load_manifest, read_json
+from pipeline.format.manifest import load_manifest
+from pipeline.format.records import read_json
 from pipeline.format.shards import METADATA_KEYS, ShardMeta, ShardReader, shard_schema
 from tests.conftest import REPO
 
@@ -53,17 +54,19 @@ def test_shard_schema_matches_code() -> None:
 
 
 def test_real_output_matches_schemas(bert_output: Path, registry: Registry) -> None:
-    manifest = load_manifest(str(bert_output))
+    written = read_json(str(bert_output / "manifest.json"))
     validator = jsonschema.Draft202012Validator(_load("manifest.schema.json"), registry=registry)
-    validator.validate(manifest)
+    validator.validate(written)
+    manifest = load_manifest(str(bert_output))
+    assert manifest.to_dict() == written  # the typed record reads and writes the same JSON
     sidecar_validator = jsonschema.Draft202012Validator(_load("sidecar.schema.json"))
     cars = sorted(bert_output.glob("*/shard-*.json"))
     assert len(cars) >= 4
     for car in cars:
         sidecar_validator.validate(read_json(str(car)))
-    reader = ShardReader(str(bert_output / manifest["splits"]["train"]["shards"][0]["file"]))
-    assert reader.meta.tokenizer_sha256 == manifest["tokenizer"]["sha256"]
-    assert manifest["splits"]["train"]["num_blocks"] > 0
+    reader = ShardReader(str(bert_output / manifest.splits["train"].shards[0].file))
+    assert reader.meta.tokenizer_sha256 == manifest.tokenizer.sha256
+    assert manifest.splits["train"].num_blocks > 0
 
 
 def test_ledger_schema_lists_every_field() -> None:
@@ -73,7 +76,7 @@ def test_ledger_schema_lists_every_field() -> None:
 
 
 def test_schema_rejects_a_wrong_manifest(bert_output: Path, registry: Registry) -> None:
-    manifest = load_manifest(str(bert_output))
+    manifest = load_manifest(str(bert_output)).to_dict()
     manifest["splits"]["train"]["ledger"]["surprise"] = 1
     validator = jsonschema.Draft202012Validator(_load("manifest.schema.json"), registry=registry)
     with pytest.raises(jsonschema.ValidationError, match="surprise"):

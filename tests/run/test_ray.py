@@ -47,8 +47,8 @@ def test_output_is_identical_whatever_the_worker_count(
     executor = RayExecutor(workers=workers, work_while_starting=work_while_starting)
     result = run_pipeline(make_config(DICTWIKI, UNIGRAM, out), executor, progress_stream=None)
     assert result.num_units_run == result.num_units == 9
-    assert result.manifest["splits"]["train"]["num_blocks"] > 9_000
-    assert result.manifest["tokenizer"]["dtype"] == "uint32"
+    assert result.manifest.splits["train"].num_blocks > 9_000
+    assert result.manifest.tokenizer.dtype == "uint32"
     assert _digest_tree(out) == _digest_tree(reference)
 
 
@@ -173,8 +173,8 @@ def test_ray_job_submit_on_a_real_cluster(tmp_path: Path) -> None:
         assert "succeeded" in job.stdout
         assert "units" in job.stdout, "the job logged progress lines"
         manifest = load_manifest(str(out))
-        assert manifest["splits"]["train"]["num_blocks"] > 10_000
-        assert manifest["num_units"] >= 5
+        assert manifest.splits["train"].num_blocks > 10_000
+        assert manifest.num_units >= 5
     finally:
         _stop_group(head)
         shutil.rmtree(ray_tmp, ignore_errors=True)

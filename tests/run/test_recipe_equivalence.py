@@ -43,8 +43,7 @@ def _recipe_blocks(parquet: Path, cache: Path, group_batch: int | None) -> np.nd
 def _our_blocks(out: Path) -> np.ndarray:
     manifest = load_manifest(str(out))
     parts = [
-        ShardReader(str(out / s["file"])).read_all().tokens
-        for s in manifest["splits"]["train"]["shards"]
+        ShardReader(str(out / s.file)).read_all().tokens for s in manifest.splits["train"].shards
     ]
     return np.concatenate(parts).astype(np.int64)
 
@@ -75,9 +74,9 @@ def test_concat_equals_recipe_block_for_block(
 
     # What the recipe loses at its default 1,000-document batches, and what we lose.
     default = _recipe_blocks(parquet, tmp_path / "hf-cache", group_batch=1000)
-    ledger = result.manifest["splits"]["train"]["ledger"]
-    total = ledger["num_document_tokens"] + ledger["num_special_tokens"]
-    assert ledger["num_dropped_tokens"] < BLOCK
+    ledger = result.manifest.splits["train"].ledger
+    total = ledger.num_document_tokens + ledger.num_special_tokens
+    assert ledger.num_dropped_tokens < BLOCK
     # 3,830 documents = 4 recipe batches, each dropping its own remainder (235 tokens here);
     # the pipeline drops one remainder for the whole split.
-    assert total - default.size > ledger["num_dropped_tokens"]
+    assert total - default.size > ledger.num_dropped_tokens

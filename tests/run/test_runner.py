@@ -11,7 +11,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.core.ledger import Ledger
 from pipeline.errors import DataError, UsageError
 from pipeline.format import storage
 from pipeline.format.manifest import load_manifest
@@ -32,20 +31,20 @@ def _digest_tree(out: Path) -> dict[str, str]:
 
 def test_real_run_balances_and_splits_by_document(bert_output: Path) -> None:
     manifest = load_manifest(str(bert_output))
-    train, val = manifest["splits"]["train"], manifest["splits"]["validation"]
+    train, val = manifest.splits["train"], manifest.splits["validation"]
     for split in (train, val):
-        ledger = Ledger.from_dict(split["ledger"])
+        ledger = split.ledger
         assert ledger.problems() == []
-        assert split["num_blocks"] > 0 and split["num_tokens"] == split["num_blocks"] * 128
+        assert split.num_blocks > 0 and split.num_tokens == split.num_blocks * 128
         assert ledger.num_dropped_tokens < 126
         assert ledger.num_carried_in == ledger.num_carried_out > 0
-    docs = train["ledger"]["num_documents"] + val["ledger"]["num_documents"]
-    assert docs == 15_320 == sum(i["num_rows"] for i in manifest["inputs"])
-    assert 0.04 < val["ledger"]["num_documents"] / docs < 0.06
-    assert manifest["num_units"] == len(train["shards"]) - 1  # + the stitched tail shard
+    docs = train.ledger.num_documents + val.ledger.num_documents
+    assert docs == 15_320 == sum(i.num_rows for i in manifest.inputs)
+    assert 0.04 < val.ledger.num_documents / docs < 0.06
+    assert manifest.num_units == len(train.shards) - 1  # + the stitched tail shard
     # uint16 ids, zstd 3: measured 1.39 bytes/token on dictwiki (ids alone 1.35 in batches of
     # 2,048 blocks; its short technical articles compress worse than Wikipedia prose).
-    assert train["num_bytes"] / train["num_tokens"] < 1.45
+    assert train.num_bytes / train.num_tokens < 1.45
 
 
 def test_rerun_resumes_and_redoes_only_damaged_units(
@@ -87,8 +86,8 @@ def test_different_run_is_refused_then_overwritten(tmp_path: Path, dictwiki_one_
     with pytest.raises(UsageError, match=r"tokenizer: a different tokenizer.json"):
         run_pipeline(other_tok, LocalExecutor(), progress_stream=None)
     result = run_pipeline(other, LocalExecutor(), overwrite=True, progress_stream=None)
-    assert result.manifest["config"]["block_size"] == 64
-    assert result.manifest["splits"]["train"]["num_blocks"] > 0
+    assert result.manifest.block_size == 64
+    assert result.manifest.splits["train"].num_blocks > 0
 
 
 def test_output_inside_input_is_refused(tmp_path: Path, dictwiki_one_file: Path) -> None:
@@ -137,11 +136,11 @@ def test_odd_rows_are_skipped_and_counted(tmp_path: Path) -> None:
         LocalExecutor(),
         progress_stream=None,
     )
-    ledger = result.manifest["splits"]["train"]["ledger"]
-    assert ledger["skipped"] == {"null_text": 1, "empty_text": 2, "invalid_utf8": 0}
-    assert ledger["num_documents"] == 6 and ledger["num_documents_packed"] == 3
-    assert Ledger.from_dict(ledger).problems() == []
-    assert result.manifest["splits"]["train"]["num_blocks"] > 0
+    ledger = result.manifest.splits["train"].ledger
+    assert ledger.skipped == {"null_text": 1, "empty_text": 2, "invalid_utf8": 0}
+    assert ledger.num_documents == 6 and ledger.num_documents_packed == 3
+    assert ledger.problems() == []
+    assert result.manifest.splits["train"].num_blocks > 0
 
 
 def test_bad_file_is_skipped_and_listed_when_asked(tmp_path: Path, dictwiki_one_file: Path) -> None:
@@ -157,9 +156,9 @@ def test_bad_file_is_skipped_and_listed_when_asked(tmp_path: Path, dictwiki_one_
         LocalExecutor(),
         progress_stream=None,
     )
-    (skipped,) = result.manifest["skipped_files"]
-    assert skipped["path"].endswith("broken.parquet") and "footer" in skipped["reason"]
-    assert result.manifest["splits"]["train"]["num_blocks"] > 0
+    (skipped,) = result.manifest.skipped_files
+    assert skipped.path.endswith("broken.parquet") and "footer" in skipped.reason
+    assert result.manifest.splits["train"].num_blocks > 0
 
 
 @pytest.mark.parametrize(
@@ -195,7 +194,7 @@ def test_one_huge_article_streams_with_bounded_memory(tmp_path: Path) -> None:
         f"c = RunConfig(inputs=({str(tmp_path / 'in')!r},), tokenizer={str(BERT)!r}, "
         f"output={str(tmp_path / 'out')!r}, validation_fraction=0.0)\n"
         "r = run_pipeline(c, LocalExecutor(), progress_stream=None)\n"
-        "print(r.manifest['splits']['train']['num_blocks'], peak_rss_bytes() // 1024)\n"
+        "print(r.manifest.splits['train'].num_blocks, peak_rss_bytes() // 1024)\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     blocks, peak_kib = map(int, out.stdout.split())
@@ -277,7 +276,7 @@ def test_documents_without_ids_split_the_same_wherever_the_corpus_lies(tmp_path:
             progress_stream=None,
         )
         manifests.append(result.manifest)
-    val = [m["splits"]["validation"]["ledger"]["num_documents"] for m in manifests]
+    val = [m.splits["validation"].ledger.num_documents for m in manifests]
     assert val[0] == val[1] > 0
-    shards = [[s["sha256"] for s in m["splits"]["validation"]["shards"]] for m in manifests]
+    shards = [[s.sha256 for s in m.splits["validation"].shards] for m in manifests]
     assert shards[0] == shards[1]

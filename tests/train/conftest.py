@@ -15,8 +15,8 @@ def shards(bert_output: Path) -> str:
     """`pipeline run` over all of dictwiki with BERT's tokenizer: ~11.7 K train, ~0.5 K
     validation blocks of 128 (uint16), shared by all tests: never write into it."""
     manifest = load_manifest(str(bert_output))
-    assert manifest["splits"]["train"]["num_blocks"] > 10_000
-    assert manifest["splits"]["validation"]["num_blocks"] > 300
+    assert manifest.splits["train"].num_blocks > 10_000
+    assert manifest.splits["validation"].num_blocks > 300
     return str(bert_output)
 
 

@@ -20,7 +20,7 @@ from pipeline.train.sampler import BlockSampler
 
 def all_blocks(output: str, split: str) -> tuple:
     manifest = load_manifest(output)
-    files = [Path(output, s["file"]) for s in manifest["splits"][split]["shards"]]
+    files = [Path(output, s.file) for s in manifest.splits[split].shards]
     blocks = concat_blocks([ShardReader(str(f)).read_all() for f in files], 128)
     return blocks
 
@@ -131,10 +131,18 @@ def test_a_vocabulary_that_fits_the_embedding_is_accepted(shards: str) -> None:
 def test_missing_or_resized_shards_are_refused(shards_copy: Path) -> None:
     victim = shards_copy / "train" / "shard-00002.arrow"
     victim.write_bytes(victim.read_bytes() + b"x")
-    with pytest.raises(DataError, match=r"shard-00002.arrow: expected a shard of \d+ bytes"):
+    with pytest.raises(
+        DataError,
+        match=r"shard-00002.arrow: expected the shard the manifest lists, found a problem: "
+        r"size differs: expected [\d,]+ bytes, found [\d,]+; rerun `pipeline run`",
+    ):
         BlockDataset(str(shards_copy), "train")
     victim.unlink()
-    with pytest.raises(DataError, match="found it missing or of another size"):
+    with pytest.raises(
+        DataError,
+        match=r"shard-00002\.arrow: expected the shard the manifest lists, found a problem: "
+        r"missing;",
+    ):
         BlockDataset(str(shards_copy), "train")
 
 
@@ -145,7 +153,11 @@ def test_shard_metadata_that_disagrees_with_the_manifest_is_refused(shards_copy:
     record = manifest["splits"]["validation"]["shards"][1]
     record["num_bytes"] = victim.stat().st_size  # only the metadata differs now
     (shards_copy / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(DataError, match=r"shard-00001\.arrow: expected shard metadata"):
+    with pytest.raises(
+        DataError,
+        match=r"shard-00001\.arrow: expected the shard the manifest lists, found a "
+        r"problem: metadata tokenizer_sha256 is '0{64}', the manifest says",
+    ):
         BlockDataset(str(shards_copy), "validation")
 
 

@@ -11,6 +11,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from pipeline.errors import UsageError  # noqa: E402
+from pipeline.format.manifest import TokenizerRecord  # noqa: E402
 from pipeline.train.models import (  # noqa: E402
     PRESETS,
     MaskedLMObjective,
@@ -20,7 +21,16 @@ from pipeline.train.models import (  # noqa: E402
     load_model,
 )
 
-TOKENIZER = {"vocab_size": 300, "special_ids": {"pad": 0, "mask": 4}}
+TOKENIZER = TokenizerRecord(
+    file="tokenizer.json",
+    sha256="0" * 64,
+    vocab_size=300,
+    dtype="uint16",
+    prefix_ids=(),
+    suffix_ids=(),
+    special_ids={"cls": None, "sep": None, "pad": 0, "mask": 4, "unk": None},
+    all_special_ids=(0, 4),
+)
 
 
 @pytest.mark.parametrize("preset", ["tiny-bert", "tiny-deberta-v2"])
