@@ -80,7 +80,7 @@ def test_rayjob_runs_preprocess_with_flags_that_pipeline_run_accepts() -> None:
     assert (REPO / "jobs" / "preprocess.py").is_file()
     # jobs/preprocess.py prepends `run --ray-address auto`; argparse exits on an unknown flag.
     args = build_parser().parse_args(["run", "--ray-address", "auto", *argv[2:]])
-    assert args.input[0].startswith("s3://") and args.output.startswith("s3://")
+    assert args.inputs[0].startswith("s3://") and args.output.startswith("s3://")
 
     cluster = spec["rayClusterSpec"]
     assert cluster["rayVersion"] == pinned_version(pins()["ray"])

@@ -12,42 +12,12 @@ import sys
 from collections.abc import Sequence
 
 from pipeline.errors import PipelineError, UsageError, brief, one_line
-from pipeline.run.config import RunConfig
+from pipeline.run import config as run_config
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    d = RunConfig.__dataclass_fields__
-    p.add_argument(
-        "--input",
-        nargs="+",
-        required=True,
-        metavar="PATH",
-        help="parquet/jsonl(.zst) files, folders, globs or s3:// URIs",
-    )
-    p.add_argument(
-        "--tokenizer", required=True, help="a tokenizer.json or a local Hugging Face model folder"
-    )
-    p.add_argument("--output", required=True, help="output folder or s3:// URI")
-    p.add_argument("--text-column", default=d["text_column"].default)
-    p.add_argument("--id-column", default=d["id_column"].default)
-    p.add_argument("--block-size", type=int, default=d["block_size"].default)
-    p.add_argument("--packing", choices=["framed", "concat"], default=d["packing"].default)
-    p.add_argument("--validation-fraction", type=float, default=d["validation_fraction"].default)
-    p.add_argument("--dtype", choices=["auto", "uint16", "uint32"], default="auto")
-    p.add_argument(
-        "--unit-bytes",
-        type=int,
-        default=d["unit_bytes"].default,
-        help="text bytes per work unit (default 32 MiB)",
-    )
-    p.add_argument(
-        "--batch-blocks",
-        type=int,
-        default=d["batch_blocks"].default,
-        help="blocks per Arrow record batch",
-    )
-    p.add_argument("--compression-level", type=int, default=d["compression_level"].default)
-    p.add_argument("--on-bad-file", choices=["fail", "skip"], default="fail")
+    """The RunConfig's flags (built from the dataclass), then how the run executes."""
+    run_config.add_arguments(p)
     p.add_argument(
         "--workers",
         type=int,
@@ -75,24 +45,6 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    return RunConfig(
-        inputs=tuple(args.input),
-        tokenizer=args.tokenizer,
-        output=args.output,
-        text_column=args.text_column,
-        id_column=args.id_column,
-        block_size=args.block_size,
-        packing=args.packing,
-        validation_fraction=args.validation_fraction,
-        dtype=args.dtype,
-        unit_bytes=args.unit_bytes,
-        batch_blocks=args.batch_blocks,
-        compression_level=args.compression_level,
-        on_bad_file=args.on_bad_file,
-    )
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.format import storage
     from pipeline.run.runner import LocalExecutor, run_pipeline
@@ -106,7 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"--threads-per-worker: expected at least 1, found {args.threads_per_worker}; "
             "pass 1 (the default) or more"
         )
-    config = config_from_args(args)
+    config = run_config.from_args(args)
     if args.backend == "local":
         executor = LocalExecutor()
     else:

@@ -125,8 +125,9 @@ def _read_jsonl(unit: WorkUnit, text_column: str, id_column: str) -> Iterator[Do
         for line_no, line in enumerate(reader, start=1):
             if not line.strip():
                 continue
-            ids.append(None)
-            texts.append(_parse_line(line, unit.path, line_no, text_column, id_column, ids))
+            text, doc_id = _parse_line(line, unit.path, line_no, text_column, id_column)
+            texts.append(text)
+            ids.append(doc_id)
             size += len(line)
             if len(texts) >= BATCH_ROWS or size >= BATCH_BYTES:
                 yield DocumentBatch(ids, texts)
@@ -136,12 +137,13 @@ def _read_jsonl(unit: WorkUnit, text_column: str, id_column: str) -> Iterator[Do
 
 
 def _parse_line(
-    line: bytes, path: str, line_no: int, text_column: str, id_column: str, ids: list[str | None]
-) -> str | None:
+    line: bytes, path: str, line_no: int, text_column: str, id_column: str
+) -> tuple[str | None, str | None]:
+    """The line's text (None when absent, `_INVALID` when not UTF-8) and its id (or None)."""
     try:
         obj = json.loads(line)
     except UnicodeDecodeError:
-        return _INVALID
+        return _INVALID, None
     except json.JSONDecodeError as exc:
         raise BadInputError(
             f"{path}:{line_no}: expected one JSON object per line, found invalid JSON ({exc}); "
@@ -152,8 +154,7 @@ def _parse_line(
             f"{path}:{line_no}: expected a JSON object, found {type(obj).__name__}; fix or "
             "remove that line, or pass --on-bad-file skip"
         )
-    if obj.get(id_column) is not None:
-        ids[-1] = str(obj[id_column])
+    doc_id = None if obj.get(id_column) is None else str(obj[id_column])
     text = obj.get(text_column)
     if text is not None and not isinstance(text, str):
         raise BadInputError(
@@ -161,8 +162,8 @@ def _parse_line(
             f"{type(text).__name__}; pass --text-column with the text field"
         )
     if text is not None and not _encodes(text):
-        return _INVALID  # lone surrogates from \ud800-style escapes cannot become UTF-8
-    return text
+        return _INVALID, doc_id  # lone surrogates from \ud800-style escapes cannot become UTF-8
+    return text, doc_id
 
 
 def _encodes(text: str) -> bool:

@@ -2,11 +2,17 @@
 
 Only fields that change the output bytes live here (they are written into the manifest and
 compared on resume); how a run executes (workers, backend, progress) is passed separately.
+Everything about a field is said once: its type, choices (a `Literal`) and default in the
+dataclass, its help in `_HELP`, its limits in `_LIMITS`. The parser (`add_arguments`) and the
+validation (`__post_init__`) are built from these, as `train/config.py` does for the trainer.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -18,6 +24,7 @@ BadFilePolicy = Literal["fail", "skip"]
 
 MIN_BLOCK_SIZE = 8
 MAX_BLOCK_SIZE = 65_536  # document starts are stored as uint16 positions inside a block
+MAX_BATCH_BLOCKS = 1_000_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,49 +48,21 @@ class RunConfig:
     def __post_init__(self) -> None:
         if not self.inputs:
             raise UsageError(
-                "--input: expected at least one parquet/jsonl path, found none; pass "
-                "--input with files, folders, globs or s3:// URIs"
+                f"{flag_of('inputs')}: expected at least one parquet/jsonl path, found none; "
+                f"pass {flag_of('inputs')} with files, folders, globs or s3:// URIs"
             )
-        if not MIN_BLOCK_SIZE <= self.block_size <= MAX_BLOCK_SIZE:
-            raise UsageError(
-                f"--block-size: expected {MIN_BLOCK_SIZE} to {MAX_BLOCK_SIZE}, found "
-                f"{self.block_size}; pick a block size in that range (128 is the default)"
-            )
-        if self.packing not in ("framed", "concat"):
-            raise UsageError(
-                f"--packing: expected framed or concat, found {self.packing!r}; use framed "
-                "(RoBERTa-style blocks) or concat (the group_texts stream)"
-            )
-        if not 0.0 <= self.validation_fraction < 1.0:
-            raise UsageError(
-                f"--validation-fraction: expected a number in [0, 1), found "
-                f"{self.validation_fraction}; use e.g. 0.05 for 5 % of documents"
-            )
-        if self.dtype not in ("auto", "uint16", "uint32"):
-            raise UsageError(
-                f"--dtype: expected auto, uint16 or uint32, found {self.dtype!r}; auto picks "
-                "the smallest that holds the vocabulary"
-            )
-        if self.unit_bytes < 1:
-            raise UsageError(
-                f"--unit-bytes: expected a positive size, found {self.unit_bytes}; the default "
-                "is 33554432 (32 MiB of text per work unit)"
-            )
-        if not 1 <= self.batch_blocks <= 1_000_000:
-            raise UsageError(
-                f"--batch-blocks: expected 1 to 1000000, found {self.batch_blocks}; the default "
-                "2048 keeps record batches ~0.5 MB for the trainer's random access"
-            )
-        if not 1 <= self.compression_level <= 22:
-            raise UsageError(
-                f"--compression-level: expected a zstd level 1 to 22, found "
-                f"{self.compression_level}; 3 is the default (9 is ~5 % smaller and ~4 % slower)"
-            )
-        if self.on_bad_file not in ("fail", "skip"):
-            raise UsageError(
-                f"--on-bad-file: expected fail or skip, found {self.on_bad_file!r}; use skip "
-                "to leave unreadable files out and list them in the manifest"
-            )
+        for name, value in vars(self).items():  # in field order: the first bad flag is named
+            if name in _CHOICES and value not in (allowed := _CHOICES[name][0]):
+                raise UsageError(
+                    f"{flag_of(name)}: expected {_either(allowed)}, found {value!r}; "
+                    + _CHOICES[name][1]
+                )
+            if name in _LIMITS and not _LIMITS[name][0](value):
+                _, expected, fix = _LIMITS[name]
+                raise UsageError(
+                    f"{flag_of(name)}: expected {expected}, found {value}; "
+                    + fix.format(default=_FIELDS[name].default)
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -94,3 +73,90 @@ class RunConfig:
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         fields = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: tuple(v) if k == "inputs" else v for k, v in data.items() if k in fields})
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+_TYPES = typing.get_type_hints(RunConfig)
+_FLAG_NAMES = {"inputs": "input"}  # one --input flag takes many paths
+
+_HELP = {
+    "inputs": "parquet/jsonl(.zst) files, folders, globs or s3:// URIs",
+    "tokenizer": "a tokenizer.json or a local Hugging Face model folder",
+    "output": "output folder or s3:// URI",
+    "unit_bytes": "text bytes per work unit (default 32 MiB)",
+    "batch_blocks": "blocks per Arrow record batch",
+}
+
+# name -> (allowed values, how to choose); the values come from the field's Literal type.
+_CHOICES: dict[str, tuple[tuple[str, ...], str]] = {
+    name: (typing.get_args(_TYPES[name]), fix)
+    for name, fix in {
+        "packing": "use framed (RoBERTa-style blocks) or concat (the group_texts stream)",
+        "dtype": "auto picks the smallest that holds the vocabulary",
+        "on_bad_file": "use skip to leave unreadable files out and list them in the manifest",
+    }.items()
+}
+
+# name -> (test, what is expected, the fix; {default} is the field's default)
+_LIMITS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
+    "block_size": (
+        lambda v: MIN_BLOCK_SIZE <= v <= MAX_BLOCK_SIZE,
+        f"{MIN_BLOCK_SIZE} to {MAX_BLOCK_SIZE}",
+        "pick a block size in that range ({default} is the default)",
+    ),
+    "validation_fraction": (
+        lambda v: 0.0 <= v < 1.0,
+        "a number in [0, 1)",
+        "use e.g. 0.05 for 5 % of documents",
+    ),
+    "unit_bytes": (
+        lambda v: v >= 1,
+        "a positive size",
+        "the default is {default} (32 MiB of text per work unit)",
+    ),
+    "batch_blocks": (
+        lambda v: 1 <= v <= MAX_BATCH_BLOCKS,
+        f"1 to {MAX_BATCH_BLOCKS}",
+        "the default {default} keeps record batches ~0.5 MB for the trainer's random access",
+    ),
+    "compression_level": (
+        lambda v: 1 <= v <= 22,
+        "a zstd level 1 to 22",
+        "{default} is the default (9 is ~5 % smaller and ~4 % slower)",
+    ),
+}
+
+
+def flag_of(name: str) -> str:
+    return "--" + _FLAG_NAMES.get(name, name).replace("_", "-")
+
+
+def _either(choices: tuple[str, ...]) -> str:
+    return ", ".join(choices[:-1]) + " or " + choices[-1]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per RunConfig field: type, choices and default from the dataclass."""
+    for f in dataclasses.fields(RunConfig):
+        kind = _TYPES[f.name]
+        options: dict[str, Any] = {"dest": f.name, "help": _HELP.get(f.name)}
+        if f.default is dataclasses.MISSING:
+            options["required"] = True
+        else:
+            options["default"] = f.default
+        if typing.get_origin(kind) is tuple:
+            options.update(nargs="+", metavar="PATH")
+        elif typing.get_origin(kind) is Literal:
+            options["choices"] = typing.get_args(kind)
+        elif kind in (int, float):
+            options["type"] = kind
+        parser.add_argument(flag_of(f.name), **options)
+
+
+def from_args(args: argparse.Namespace) -> RunConfig:
+    return RunConfig(
+        **{
+            f.name: tuple(v) if isinstance(v := getattr(args, f.name), list) else v
+            for f in dataclasses.fields(RunConfig)
+        }
+    )
