@@ -81,12 +81,6 @@ class Fields:
             self.fail(self.name(key), "a list of objects", value)
         return [self.nested(item, f"{self.name(key)}[{i}]") for i, item in enumerate(value)]
 
-    def mapping(self, key: str) -> dict[str, Any]:
-        value = self.value(key, "an object")
-        if not isinstance(value, dict):
-            self.fail(self.name(key), "an object", value)
-        return value
-
     def record(self, key: str) -> Fields:
         return self.nested(self.value(key, "an object"), self.name(key))
 

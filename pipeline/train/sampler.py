@@ -96,15 +96,6 @@ class BlockSampler:
                 )
         self.position = int(state["position"])
 
-    def epoch_order(self, epoch: int) -> np.ndarray:
-        """The whole permutation of one epoch (for tests and small splits)."""
-        n = self.num_blocks
-        return self.stream_keys(epoch * n, (epoch + 1) * n) - epoch * n
-
-    def window_bounds(self, epoch: int) -> np.ndarray:
-        """Offsets within the epoch where shuffle windows start, plus the epoch length."""
-        return self._epoch_plan(epoch)[0].copy()
-
     def stream_keys(self, start: int, stop: int) -> np.ndarray:
         """Keys (epoch * N + block) of stream positions [start, stop)."""
         n = self.num_blocks
