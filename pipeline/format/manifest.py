@@ -112,7 +112,7 @@ class TokenizerRecord:
             file=f.text("file"),
             sha256=f.text("sha256"),
             vocab_size=f.integer("vocab_size"),
-            dtype=f.text("dtype"),
+            dtype=f.choice("dtype", ("uint16", "uint32")),
             prefix_ids=f.integers("prefix_ids"),
             suffix_ids=f.integers("suffix_ids"),
             special_ids={k: specials.integer(k, nullable=True) for k in specials.data},
@@ -203,7 +203,7 @@ class Manifest:
         config = f.record("config")
         for key in ("block_size", "batch_blocks"):
             config.integer(key)
-        config.text("packing")
+        config.choice("packing", ("framed", "concat"))
         splits = f.record("splits")
         return cls(
             format_version=version,

@@ -67,6 +67,13 @@ class Fields:
             self.fail(self.name(key), "a string", value)
         return value
 
+    def choice(self, key: str, allowed: tuple[str, ...]) -> str:
+        expected = " or ".join(repr(a) for a in allowed)
+        value = self.value(key, expected)
+        if value not in allowed:
+            self.fail(self.name(key), expected, value)
+        return value
+
     def integers(self, key: str) -> tuple[int, ...]:
         value = self.value(key, "a list of integers")
         if not isinstance(value, list) or any(

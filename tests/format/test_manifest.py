@@ -113,6 +113,16 @@ def _set(value: object, *path: str | int) -> Any:
         (_set("7", "config", "block_size"), "config.block_size to be an integer", 'a string "7"'),
         (_set(True, "num_units"), "num_units to be an integer", "a boolean true"),
         (
+            _set("int8", "tokenizer", "dtype"),
+            "tokenizer.dtype to be 'uint16' or 'uint32'",
+            'a string "int8"',
+        ),
+        (
+            _set("both", "config", "packing"),
+            "config.packing to be 'framed' or 'concat'",
+            'a string "both"',
+        ),
+        (
             _set(None, "splits", "validation", "shards", 0, "sha256"),
             "splits.validation.shards[0].sha256 to be a string",
             "null",
