@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.commands import cli
+from pipeline.format.manifest import load_manifest
 from tests.conftest import BERT, DICTWIKI, UNIGRAM, damage_a_data_page
 
 
@@ -143,9 +144,9 @@ def test_truncated_parquet_exits_1_and_skip_lists_it(
         "skip",
     )
     assert code == 0, err
-    manifest = json.loads((tmp_path / "o2" / "manifest.json").read_text())
-    assert [Path(s["path"]).name for s in manifest["skipped_files"]] == ["cut.parquet"]
-    assert manifest["splits"]["train"]["num_blocks"] > 0
+    manifest = load_manifest(str(tmp_path / "o2"))
+    assert [Path(s.path).name for s in manifest.skipped_files] == ["cut.parquet"]
+    assert manifest.splits["train"].num_blocks > 0
 
 
 def test_invalid_text_is_skipped_and_counted_end_to_end(
@@ -223,13 +224,10 @@ def test_damaged_data_page_fails_clearly_or_is_skipped_and_listed(
 
     code, err = _run(capsys, *args, "--output", str(tmp_path / "o2"), "--on-bad-file", "skip")
     assert code == 0, err
-    manifest = json.loads((tmp_path / "o2" / "manifest.json").read_text())
-    (skipped,) = manifest["skipped_files"]
-    assert skipped["path"].endswith("damaged.parquet") and "rows 1000-2000" in skipped["reason"]
-    train = manifest["splits"]["train"]
+    manifest = load_manifest(str(tmp_path / "o2"))
+    (skipped,) = manifest.skipped_files
+    assert skipped.path.endswith("damaged.parquet") and "rows 1000-2000" in skipped.reason
+    train = manifest.splits["train"]
     # The good file and the damaged file's three other row groups: 4 + 3 units of 1,000 rows.
-    read = (
-        train["ledger"]["num_documents"]
-        + manifest["splits"]["validation"]["ledger"]["num_documents"]
-    )
-    assert read == 3830 + 3830 - 1000 and train["num_blocks"] > 0
+    read = train.ledger.num_documents + manifest.splits["validation"].ledger.num_documents
+    assert read == 3830 + 3830 - 1000 and train.num_blocks > 0

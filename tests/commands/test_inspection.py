@@ -22,6 +22,7 @@ from pipeline.commands.verification import verify_output
 from pipeline.core import histogram
 from pipeline.core.packing import Blocks, concat_blocks
 from pipeline.errors import DataError, UsageError
+from pipeline.format.manifest import Manifest, load_manifest
 from pipeline.format.shards import ShardReader
 from pipeline.run.runner import LocalExecutor, run_pipeline
 from tests.conftest import BERT, make_config
@@ -32,15 +33,14 @@ def _args(out: Path, **kw: object) -> argparse.Namespace:
     return argparse.Namespace(**{**base, **kw})
 
 
-def _manifest(out: Path) -> dict:
-    return json.loads((out / "manifest.json").read_text())
+def _manifest(out: Path) -> Manifest:
+    return load_manifest(str(out))
 
 
 def _read_split(out: Path, split: str) -> Blocks:
     """The whole split read the simple way, as an independent reference (test data is small)."""
     parts = [
-        ShardReader(str(out / s["file"])).read_all()
-        for s in _manifest(out)["splits"][split]["shards"]
+        ShardReader(str(out / s["file"])).read_all() for s in _manifest(out).splits[split].shards
     ]
     return concat_blocks(parts, parts[0].tokens.shape[1])
 
@@ -51,11 +51,11 @@ def test_text_output_names_the_key_figures(
     assert main(_args(bert_output)) == 0
     text = capsys.readouterr().out
     manifest = _manifest(bert_output)
-    for split, entry in manifest["splits"].items():
-        assert entry["num_blocks"] > 0 and entry["num_tokens"] > 0
-        assert f"{split}: {len(entry['shards'])} shards, {entry['num_blocks']:,} blocks, " in text
-        assert f"{entry['num_tokens']:,} tokens" in text
-        assert f"on disk {entry['num_bytes']:,} bytes" in text
+    for split, entry in manifest.splits.items():
+        assert entry.num_blocks > 0 and entry.num_tokens > 0
+        assert f"{split}: {len(entry.shards)} shards, {entry.num_blocks:,} blocks, " in text
+        assert f"{entry.num_tokens:,} tokens" in text
+        assert f"on disk {entry.num_bytes:,} bytes" in text
     for phrase in ("bytes/token", "compression", "ledger check: ok", "special tokens", "unknown"):
         assert phrase in text
     assert "tokens between consecutive document starts" in text  # says what the length measures
@@ -68,23 +68,23 @@ def test_json_figures_equal_the_manifest_and_a_recount(bert_output: Path) -> Non
     summary = summarize(str(bert_output), top=10)
     manifest = _manifest(bert_output)
     assert summary["ok"] and summary["problems"] == []
-    for split, entry in manifest["splits"].items():
+    for split, entry in manifest.splits.items():
         s = summary["splits"][split]
-        assert s["num_blocks"] == entry["num_blocks"] > 0
-        assert s["num_tokens"] == entry["num_tokens"] > 0
-        assert s["num_bytes"] == entry["num_bytes"] > 0
-        assert s["num_documents"] == entry["ledger"]["num_documents_packed"] > 0
-        assert s["num_doc_starts"] == sum(x["num_doc_starts"] for x in entry["shards"])
+        assert s["num_blocks"] == entry.num_blocks > 0
+        assert s["num_tokens"] == entry.num_tokens > 0
+        assert s["num_bytes"] == entry.num_bytes > 0
+        assert s["num_documents"] == entry.ledger.num_documents_packed > 0
+        assert s["num_doc_starts"] == sum(x.num_doc_starts for x in entry.shards)
         assert s["bytes_per_token"] < 2  # uint16 ids, zstd: below the raw 2 bytes per token
         assert s["compression_ratio"] > 1
         assert s["ledger"]["problems"] == []
         assert sum(b["count"] for b in s["docs_per_block"]["bins"]) == s["num_blocks"]
         assert s["document_length"]["count"] == s["num_doc_starts"] - 1
         assert sum(b["count"] for b in s["document_length"]["bins"]) == s["num_doc_starts"] - 1
-        assert s["max_id"] < s["vocab_size"] == manifest["tokenizer"]["vocab_size"]
+        assert s["max_id"] < s["vocab_size"] == manifest.tokenizer.vocab_size
         assert 2 / 128 <= s["special_rate"] < 0.2  # framed: at least [CLS] and [SEP] per block
         assert 0 <= s["unknown_rate"] < 0.01
-        assert [row["file"] for row in s["shards"]] == [x["file"] for x in entry["shards"]]
+        assert [row["file"] for row in s["shards"]] == [x.file for x in entry.shards]
 
     # Re-count the validation split independently: whole arrays, no streaming.
     ref = _read_split(bert_output, "validation")
@@ -115,7 +115,7 @@ def test_decode_prints_real_text_from_evenly_spaced_blocks(
     )
     summary = summarize(str(bert_output), decode=2)
     tok = Tokenizer.from_file(str(bert_output / "tokenizer.json"))
-    total = sum(e["num_blocks"] for e in _manifest(bert_output)["splits"].values())
+    total = sum(e.num_blocks for e in _manifest(bert_output).splits.values())
     assert [s["block"] for s in summary["samples"]] == [total // 4, 3 * total // 4]
     for sample in summary["samples"]:
         block = ShardReader(str(bert_output / sample["file"])).read_all().tokens[sample["row"]]
@@ -136,9 +136,9 @@ def test_shards_table_has_one_row_per_shard(
         r"^ +(\w+/shard-\d{5}\.arrow) +([\d,]+) .* (\w+) *$", capsys.readouterr().out, re.M
     )
     manifest = _manifest(bert_output)
-    listed = [s for e in manifest["splits"].values() for s in e["shards"]]
-    assert [r[0] for r in rows] == [s["file"] for s in listed]
-    assert [int(r[1].replace(",", "")) for r in rows] == [s["num_blocks"] for s in listed]
+    listed = [s for e in manifest.splits.values() for s in e.shards]
+    assert [r[0] for r in rows] == [s.file for s in listed]
+    assert [int(r[1].replace(",", "")) for r in rows] == [s.num_blocks for s in listed]
     assert {r[2] for r in rows} == {"ok"}
 
 
@@ -163,7 +163,7 @@ def test_tampered_manifest_fails_the_check(
 ) -> None:
     out = tmp_path / "out"
     shutil.copytree(bert_output, out)
-    manifest = _manifest(out)
+    manifest = json.loads((out / "manifest.json").read_text())
     change(manifest)
     (out / "manifest.json").write_text(json.dumps(manifest))
     assert main(_args(out)) == 1
@@ -275,7 +275,7 @@ def test_unreadable_or_missing_shard_fails_the_check(
     text = capsys.readouterr().out
     assert "train: train/shard-00002.arrow is missing; run `pipeline verify`" in text
     assert "validation: validation/shard-00003.arrow does not read (" in text
-    blocks = _manifest(out)["splits"]["train"]["num_blocks"]
+    blocks = _manifest(out).splits["train"].num_blocks
     assert re.search(rf"train: shards hold [\d,]+ blocks, manifest {blocks:,}", text)
 
 
@@ -293,7 +293,7 @@ def test_uint32_concat_output_with_an_empty_split(
     assert "concat packing, uint32 ids" in text and "validation: 3 shards, 0 blocks" in text
     summary = summarize(str(out))
     train, validation = summary["splits"]["train"], summary["splits"]["validation"]
-    assert train["num_blocks"] == _manifest(out)["splits"]["train"]["num_blocks"] > 0
+    assert train["num_blocks"] == _manifest(out).splits["train"].num_blocks > 0
     assert train["bytes_per_token"] < 4 and train["max_id"] < 30_522
     assert train["compression_ratio"] > 2  # zstd on uint32 ids that fit in 15 bits
     assert validation["num_blocks"] == 0 and validation["bytes_per_token"] is None

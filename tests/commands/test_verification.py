@@ -17,6 +17,7 @@ from pipeline.commands.verification import check_output, verify_output
 from pipeline.core.packing import Blocks
 from pipeline.errors import DataError
 from pipeline.format import storage
+from pipeline.format.manifest import load_manifest
 from pipeline.format.shards import ShardReader, ShardWriter
 from tests.conftest import upload_folder
 
@@ -68,13 +69,13 @@ def _rewrite_shard(out: Path, file: str, bad_id: int | None = None, **meta: obje
 
 
 def test_clean_output_passes(bert_output: Path, capsys: pytest.CaptureFixture) -> None:
-    manifest = _manifest(bert_output)
-    shards = [s for e in manifest["splits"].values() for s in e["shards"]]
+    manifest = load_manifest(str(bert_output))
+    shards = [s for e in manifest.splits.values() for s in e.shards]
     result = check_output(str(bert_output))
     assert result.problems == []
     assert result.num_shards == len(shards) == 20
-    assert result.num_blocks == sum(s["num_blocks"] for s in shards) > 0
-    assert result.bytes_read == sum(s["num_bytes"] for s in shards) > 0
+    assert result.num_blocks == sum(s.num_blocks for s in shards) > 0
+    assert result.bytes_read == sum(s.num_bytes for s in shards) > 0
     assert verify_output(str(bert_output), full=False) == []
     assert cli.main(["verify", str(bert_output)]) == 0
     text = capsys.readouterr().out

@@ -240,7 +240,7 @@ def test_overwrite_removes_the_run_and_nothing_else(
     ], "no shard of the old run is left behind"  # fmt: skip
     from pipeline.commands.verification import verify_output
 
-    assert verify_output(str(out)) == [] and result.manifest["num_units"] == 1
+    assert verify_output(str(out)) == [] and result.manifest.num_units == 1
 
 
 def test_a_run_that_packs_nothing_is_an_error(tmp_path: Path) -> None:
