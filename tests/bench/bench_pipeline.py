@@ -40,6 +40,10 @@ REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
 BIN = Path(sys.executable).parent
 CORES = os.cpu_count() or 1
+sys.path.insert(0, str(REPO))
+
+from pipeline.format.manifest import load_manifest  # noqa: E402
+
 READ_TEXTS = """
 import glob, pyarrow.parquet as pq
 from tokenizers import Tokenizer
@@ -168,13 +172,13 @@ def pipeline(corpus: Path, tokenizer: str, out: Path, workers: int, unit_mb: int
     t = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True)
     seconds = time.perf_counter() - t
-    splits = json.loads((out / "manifest.json").read_text())["splits"].values()
+    splits = load_manifest(str(out)).splits.values()
     timings = json.loads((out / "timings.json").read_text())
     return {
         "seconds": seconds,
-        "out_bytes": sum(s["num_bytes"] for s in splits),
-        "stored_tokens": sum(s["num_tokens"] for s in splits),
-        "document_tokens": sum(s["ledger"]["num_document_tokens"] for s in splits),
+        "out_bytes": sum(s.num_bytes for s in splits),
+        "stored_tokens": sum(s.num_tokens for s in splits),
+        "document_tokens": sum(s.ledger.num_document_tokens for s in splits),
         "peak_rss_mib": timings["peak_worker_rss_bytes"] / 2**20,
     }
 

@@ -39,9 +39,7 @@ def _manifest(out: Path) -> Manifest:
 
 def _read_split(out: Path, split: str) -> Blocks:
     """The whole split read the simple way, as an independent reference (test data is small)."""
-    parts = [
-        ShardReader(str(out / s["file"])).read_all() for s in _manifest(out).splits[split].shards
-    ]
+    parts = [ShardReader(str(out / s.file)).read_all() for s in _manifest(out).splits[split].shards]
     return concat_blocks(parts, parts[0].tokens.shape[1])
 
 
