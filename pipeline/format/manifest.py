@@ -5,8 +5,9 @@ It lists every shard with its size and sha256, and per split the sum of the side
 (format/sidecars.py, core/ledger.py). Layout: schemas/manifest.schema.json.
 The manifest is read once, into typed records (`Manifest.from_dict`): every reader (verify,
 inspect, the trainer, the dataset cache) uses attributes, and a damaged file fails here with
-one line naming the field, not with a `KeyError` somewhere downstream. `to_dict` writes back
-exactly the keys and values read, so the bytes of manifest.json are the format, not the code.
+one line naming the field, not with a `KeyError` somewhere downstream. `to_dict` gives back
+the keys and values of the layout exactly as read, so a manifest written before these records
+existed loads, and the bytes written are the same as before.
 """
 
 from __future__ import annotations
