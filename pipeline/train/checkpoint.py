@@ -3,9 +3,10 @@
 `RUN/checkpoints/step-00000100/` holds the model (`save_pretrained`: config.json +
 model.safetensors, loadable with `from_pretrained`), optimizer.pt, scheduler.pt,
 trainer_state.json (step, sampler state, eval loss, data identity, config) and one
-rng-rank{R}.pt per rank (Python, NumPy, torch CPU and CUDA generator states). Everything is
-written into `.tmp-step-...` first and renamed into place when complete, so a folder named
-`step-*` is always a whole checkpoint; a crash leaves only a `.tmp-*` folder, removed later.
+rng-rank{R}.pt per rank (Python, NumPy, torch CPU and the rank's own CUDA device's generator
+states). Everything is written into `.tmp-step-...` first and renamed into place when complete,
+so a folder named `step-*` is always a whole checkpoint; a crash leaves only a `.tmp-*` folder,
+removed later. The best checkpoint by eval loss survives rotation: its weights become RUN/model.
 """
 
 from __future__ import annotations
@@ -109,6 +110,16 @@ def clear_run(run: str) -> None:
             path.unlink()
 
 
+def model_files(path: Path) -> list[Path]:
+    """The files of a checkpoint that `save_pretrained` wrote (what `from_pretrained` reads)."""
+    training = {STATE_FILE, "optimizer.pt", "scheduler.pt"}
+    return sorted(
+        p
+        for p in path.iterdir()
+        if p.is_file() and p.name not in training and not p.name.startswith("rng-rank")
+    )
+
+
 def read_state(path: Path) -> dict[str, Any]:
     return json.loads((path / STATE_FILE).read_text())
 
@@ -122,6 +133,7 @@ def save_checkpoint(
     scheduler: Any,
     state: dict[str, Any],
     rank: int,
+    device: torch.device,
     barrier: Callable[[], None],
     keep_last: int,
 ) -> Path:
@@ -136,7 +148,7 @@ def save_checkpoint(
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
     barrier()
-    torch.save(rng_state(), tmp / f"rng-rank{rank}.pt")
+    torch.save(rng_state(device), tmp / f"rng-rank{rank}.pt")
     barrier()
     if rank == 0:
         # Durable before it is named complete: every file, the folder, then the rename.
@@ -191,7 +203,7 @@ def restore(
     rng_file = path / f"rng-rank{rank}.pt"
     if rng_file.is_file():
         # Our own file with Python and NumPy generator states, which are not plain tensors.
-        set_rng_state(torch.load(rng_file, weights_only=False))
+        set_rng_state(torch.load(rng_file, weights_only=False), device)
     else:
         print(
             f"warning: {rng_file} not found (the run had fewer ranks); dropout of rank {rank} "
@@ -200,20 +212,27 @@ def restore(
         )
 
 
-def rng_state() -> dict[str, Any]:
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's generators: Python, NumPy, torch CPU and, on a GPU, its own device's only
+    (every rank saves its own file; a resume with fewer visible GPUs must still load it)."""
     state = {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if device.type != "cuda" or cuda is None:
+        return
+    if isinstance(cuda, list):  # checkpoints before the per-device state held every GPU's
+        cuda = cuda[device.index or 0] if len(cuda) > (device.index or 0) else None
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)

@@ -1,9 +1,11 @@
 """The training configuration: one frozen dataclass whose fields map 1:1 to `pipeline train` flags.
 
 Defaults follow `transformers.TrainingArguments` where one exists (lr 5e-5, 3 epochs, batch 8
-per device, no weight decay, clipping at 1.0), so a Trainer recipe moves over flag for flag.
-`--batch-size` is per device and per micro-batch; one optimizer step sees
-batch_size x grad_accum x world_size blocks.
+per device, no weight decay, clipping at 1.0, the best model by eval loss at the end as with
+`load_best_model_at_end`), so a Trainer recipe moves over flag for flag. `--batch-size` is per
+device as the user states it (`per_device_train_batch_size`); one optimizer step sees
+batch_size x grad_accum x world_size blocks. What fits in memory at once, the micro-batch, is
+`--micro-batch-size` or found on the first CUDA out-of-memory (pipeline/train/step.py).
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ class TrainConfig:
     warmup_steps: int = 0  # > 0 overrides --warmup-ratio
     weight_decay: float = 0.0
     batch_size: int = 8
+    micro_batch_size: int = 0  # 0: the batch, halved on CUDA out-of-memory until it fits
     grad_accum: int = 1
+    gradient_checkpointing: bool = False
     max_grad_norm: float = 1.0
     mlm_probability: float = 0.15
     mask_replace_prob: float = 0.8
@@ -40,6 +44,7 @@ class TrainConfig:
     eval_batch_size: int = 0  # 0: --batch-size
     save_steps: int = 0  # 0: with every evaluation
     save_total_limit: int = 2
+    export: str = "best"
     log_steps: int = 10
     resume: str | None = None
     overwrite: bool = False
@@ -63,6 +68,7 @@ class TrainConfig:
                 )
         not_negative = ("max_steps", "warmup_steps", "eval_steps", "eval_blocks", "threads")
         not_negative += ("eval_batch_size", "save_steps", "save_total_limit", "workers", "seed")
+        not_negative += ("micro_batch_size",)
         for name in not_negative:
             if getattr(self, name) < 0:
                 raise UsageError(
@@ -89,7 +95,16 @@ class TrainConfig:
                 f"--mask-replace-prob {fractions[0]} and --random-replace-prob {fractions[1]}: "
                 "expected two numbers >= 0 whose sum is at most 1 (the rest stays unchanged)"
             )
-        choices = {"precision": ("auto", "bf16", "fp32"), "device": ("auto", "cpu", "cuda")}
+        if self.micro_batch_size and self.batch_size % self.micro_batch_size:
+            raise UsageError(
+                f"--micro-batch-size {self.micro_batch_size}: expected a divisor of --batch-size "
+                f"{self.batch_size}, found none; pick one (or 0 to find it automatically)"
+            )
+        choices = {
+            "precision": ("auto", "bf16", "fp16", "fp32"),
+            "device": ("auto", "cpu", "cuda"),
+            "export": ("best", "last"),
+        }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise UsageError(
@@ -109,7 +124,13 @@ _HELP = {
     "model": "local model folder, config .json, or preset: tiny-bert, tiny-deberta-v2, small-bert",
     "output": "run folder: metrics.jsonl, checkpoints/, model/",
     "max_steps": "optimizer steps; > 0 overrides --epochs",
-    "batch_size": "blocks per device per micro-batch",
+    "batch_size": "blocks per device per accumulation step, as stated "
+    "(per_device_train_batch_size); run in micro-batches that fit",
+    "micro_batch_size": "blocks per forward pass (a divisor of --batch-size); 0: the whole "
+    "batch, halved on each CUDA out-of-memory until it fits, then kept (also on --resume)",
+    "gradient_checkpointing": "recompute activations in backward: ~1/3 more compute, larger "
+    "micro-batches fit",
+    "export": "RUN/model at the end: best (by eval loss, as load_best_model_at_end) or last",
     "grad_accum": "micro-batches per optimizer step",
     "eval_steps": "evaluate every N steps (also per epoch and at the end); 0: only those",
     "eval_blocks": "validation blocks to evaluate on (0: all)",
@@ -118,7 +139,8 @@ _HELP = {
     "workers": "DataLoader worker processes",
     "shuffle_window": "record batches shuffled together (more: better mixing, more memory)",
     "doc_attention": "attend only within a document (BERT-family models, see README)",
-    "precision": "auto: bf16 autocast on CUDA, fp32 on CPU",
+    "precision": "auto: bf16 autocast on CUDA (fp16 + GradScaler where the GPU has no bf16), "
+    "fp32 on CPU",
     "threads": "torch CPU threads (0: torch's default)",
     "overwrite": "start over in an --output that holds an earlier run (deletes its files)",
     "verify": "re-read every shard and check it against the manifest before training",

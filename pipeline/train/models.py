@@ -141,7 +141,14 @@ def _split_head(model: Any) -> tuple[nn.Module, Any] | None:
 
 
 class MaskedLMObjective(nn.Module):
-    """forward(input_ids, labels[, attention_mask]) -> (sum of token losses, masked count)."""
+    """forward(input_ids, labels[, attention_mask, masked_positions, masked_labels]) ->
+    (sum of token losses, masked count), both 0-d tensors on the model's device.
+
+    `masked_positions` / `masked_labels` (from `masked_targets`, computed on the host before the
+    copy) let the head run on the masked positions with a gather whose size the host already
+    knows: no boolean indexing on the device, hence no host-device sync and no graph break under
+    --compile. Without them the masked positions are found on the device (`labels != -100`).
+    """
 
     def __init__(self, model: Any) -> None:
         super().__init__()
@@ -150,19 +157,53 @@ class MaskedLMObjective(nn.Module):
         self._parts = _split_head(model)
 
     def forward(
-        self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: Any = None
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor,
+        attention_mask: Any = None,
+        masked_positions: torch.Tensor | None = None,
+        masked_labels: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        chosen = labels != -100
         if self._parts is not None:
             encoder, head = self._parts
             hidden = encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
-            logits = head(hidden[chosen])
-            target = labels[chosen]
+            if masked_positions is not None and masked_labels is not None:
+                logits = head(hidden.flatten(0, 1).index_select(0, masked_positions))
+                target = masked_labels
+            else:
+                chosen = labels != -100
+                logits, target = head(hidden[chosen]), labels[chosen]
         else:
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
             logits, target = logits.flatten(0, 1), labels.flatten()
         loss = F.cross_entropy(logits.float(), target, ignore_index=-100, reduction="sum")
-        return loss, chosen.sum()
+        return loss, (target != -100).sum()
+
+
+def masked_targets(labels: torch.Tensor, multiple: int = 64) -> dict[str, torch.Tensor]:
+    """On the host: flat positions of the masked tokens of `labels` [b, L] and their labels,
+    padded to a multiple of `multiple` (position 0, label -100: ignored by the loss) so that
+    --compile sees few distinct shapes."""
+    flat = labels.reshape(-1)
+    found = torch.nonzero(flat != -100).squeeze(1)
+    size = max(multiple, -(-found.numel() // multiple) * multiple)
+    positions = torch.zeros(size, dtype=torch.int64)
+    targets = torch.full((size,), -100, dtype=torch.int64)
+    positions[: found.numel()] = found
+    targets[: found.numel()] = flat[found]
+    return {"masked_positions": positions, "masked_labels": targets}
+
+
+def enable_gradient_checkpointing(model: Any, spec: str) -> None:
+    """Recompute activations in the backward pass (HF's gradient_checkpointing_enable): about a
+    third more compute for a fraction of the activation memory, so larger micro-batches fit."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise UsageError(
+            f"--gradient-checkpointing: expected a model that supports it, found "
+            f"{type(model).__name__} ({spec}) without; drop the flag"
+        )
+    # Non-reentrant: works with DDP, torch.compile and inputs that need no grad.
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def build_optimizer(
@@ -184,10 +225,15 @@ def build_scheduler(
     optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warmup from 0 to the peak, then linear decay to 0 at `total_steps`."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps, warmup_steps)
+    )
 
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
+    """The learning rate of `step` (0-based) over the peak, exactly as transformers'
+    `get_linear_schedule_with_warmup` (what `Trainer` uses): step 0 of a warmup runs at 0,
+    step `warmup_steps` at the peak (tested step by step against it)."""
+    if step < warmup_steps:
+        return step / max(1, warmup_steps)
+    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))

@@ -11,6 +11,7 @@ import math
 import os
 import shutil
 import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,14 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from pipeline.errors import DataError, UsageError
+from pipeline.errors import UsageError
 from pipeline.format.paths import TOKENIZER_FILE
-from pipeline.train.dataset import BlockDataset, DataExpectation
+from pipeline.train.checkpoint import model_files
+from pipeline.train.dataset import BlockDataset
 from pipeline.train.masking import MaskingSpec, MLMCollator
+from pipeline.train.models import masked_targets
+
+EXPORT_FILE = "trainer_export.json"  # in RUN/model: which step the weights come from, and why
 
 # Evaluation masks depend on neither --seed nor the epoch, so every run is scored on the same
 # masked positions of the same validation blocks.
@@ -35,7 +40,7 @@ class Runtime:
     rank: int
     world_size: int
     device: torch.device
-    bf16: bool
+    amp_dtype: torch.dtype | None = None  # autocast dtype of forward and loss; None: fp32
 
     @property
     def cuda(self) -> bool:
@@ -45,22 +50,40 @@ class Runtime:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    @property
+    def needs_grad_scaler(self) -> bool:
+        """fp16 gradients underflow without loss scaling; bf16 has fp32's exponent range."""
+        return self.amp_dtype == torch.float16
+
+    def autocast(self) -> Any:
+        return torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=bool(self.amp_dtype)
+        )
+
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
 
-    def all_reduce_int(self, value: int) -> int:
-        if not self.distributed:
-            return value
-        t = torch.tensor([value], dtype=torch.int64, device=self.device)
-        dist.all_reduce(t)
-        return int(t.item())
+    def all_reduce_sum(self, value: int | torch.Tensor) -> torch.Tensor:
+        """A sum over ranks as a tensor on the device: no host-device sync (the hot path)."""
+        t = torch.as_tensor(value, dtype=torch.int64).reshape(1).to(self.device)
+        if self.distributed:
+            dist.all_reduce(t)
+        return t[0]
 
     def all_reduce_float(self, value: torch.Tensor) -> float:
         t = value.detach().to(torch.float64).reshape(1).clone()
         if self.distributed:
             dist.all_reduce(t)
         return float(t.item())
+
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank when `flag` is True on any (a collective: all ranks must call)."""
+        if not self.distributed:
+            return flag
+        t = torch.tensor([int(flag)], dtype=torch.int64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
 
     def close(self) -> None:
         if self.distributed and dist.is_initialized():
@@ -78,12 +101,33 @@ def setup_runtime(device: str, precision: str) -> Runtime:
         torch.cuda.set_device(target)
     else:
         target = torch.device("cpu")
+    bf16_ok = cuda and torch.cuda.is_bf16_supported()
+    amp_dtype, note = choose_precision(precision, cuda=cuda, bf16_supported=bf16_ok)
     rank = 0
     if world > 1:
         dist.init_process_group("nccl" if cuda else "gloo")
         rank = dist.get_rank()
-    bf16 = precision == "bf16" or (precision == "auto" and cuda)
-    return Runtime(rank=rank, world_size=world, device=target, bf16=bf16)
+    if note and rank == 0:
+        print(note, file=sys.stderr)
+    return Runtime(rank=rank, world_size=world, device=target, amp_dtype=amp_dtype)
+
+
+def choose_precision(
+    precision: str, *, cuda: bool, bf16_supported: bool
+) -> tuple[torch.dtype | None, str | None]:
+    """(autocast dtype or None for fp32, a one-line note when `auto` falls back)."""
+    if precision == "bf16":
+        return torch.bfloat16, None
+    if precision == "fp16":
+        return torch.float16, None
+    if precision == "fp32" or not cuda:
+        return None, None
+    if bf16_supported:
+        return torch.bfloat16, None
+    return torch.float16, (
+        "note: --precision auto: this GPU has no bf16 (torch.cuda.is_bf16_supported() is "
+        "False); training in fp16 autocast with a GradScaler (--precision fp32 to avoid it)"
+    )
 
 
 @torch.no_grad()
@@ -108,7 +152,8 @@ def evaluate(
     sums = torch.zeros(2, dtype=torch.float64, device=rt.device)
     for batch in loader:
         inputs = {k: v.to(rt.device, non_blocking=rt.cuda) for k, v in batch.items()}
-        with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.bf16):
+        inputs |= {k: v.to(rt.device) for k, v in masked_targets(batch["labels"]).items()}
+        with rt.autocast():
             loss_sum, count = objective(**inputs)
         sums[0] += loss_sum.double()
         sums[1] += count
@@ -148,64 +193,35 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
 
 
-def expectation(
-    model_spec: str, prior: dict[str, Any] | None, model: Any, resume_from: Path | None
-) -> DataExpectation:
-    """What the data must match: the checkpoint's data, or the model folder's tokenizer."""
-    rows = int(model.get_input_embeddings().num_embeddings)
-    if prior is not None:
-        data = prior["data"]
-        return DataExpectation(
-            tokenizer_sha256=data["tokenizer_sha256"],
-            block_size=int(data["block_size"]),
-            dtype=data["dtype"],
-            num_embeddings=rows,
-            source=f"checkpoint {resume_from}",
-        )
-    tokenizer_file = Path(model_spec, "tokenizer.json")
-    sha = None
-    if tokenizer_file.is_file():
-        from pipeline.ingest.tokenization import describe_tokenizer, load_tokenizer
-
-        sha = describe_tokenizer(load_tokenizer(str(tokenizer_file))).sha256
-    elif Path(model_spec).is_dir():
-        print(
-            f"note: {model_spec} has no tokenizer.json; cannot check that the shards were "
-            "tokenized with the model's tokenizer",
-            file=sys.stderr,
-        )
-    return DataExpectation(
-        tokenizer_sha256=sha, num_embeddings=rows, source=f"--model {model_spec}"
-    )
-
-
 def log_samples(path: Path, step: int, micro: list[dict[str, Any]], num_blocks: int) -> None:
-    """Append the keys (epoch * num_blocks + block) this rank trains on in this step."""
-    keys = []
+    """Append the keys (epoch * num_blocks + block) this rank trains on in this step, and a
+    CRC-32 of the step's labels (which positions are masked, to what): a resumed run must show
+    the same of both as an uninterrupted one, on any device."""
+    keys, crc = [], 0
     for batch in micro:
         keys += (batch.pop("epoch") * num_blocks + batch.pop("block_index")).tolist()
+        crc = zlib.crc32(batch["labels"].numpy().tobytes(), crc)
     with open(path, "a") as f:
-        f.write(f'{{"step": {step}, "keys": {keys}}}\n')
+        f.write(f'{{"step": {step}, "keys": {keys}, "masks": {crc}}}\n')
 
 
-def export_model(model: Any, data: str, output: str) -> None:
-    """RUN/model: the final weights plus the data's tokenizer.json, ready for from_pretrained."""
+def export_model(
+    model: Any, data: str, output: str, *, checkpoint: Path | None, info: dict[str, Any]
+) -> Path:
+    """RUN/model, ready for from_pretrained: the weights of `checkpoint` (the best by eval
+    loss) or, without one, `model`'s current weights; plus the data's tokenizer.json and
+    EXPORT_FILE saying which step they come from."""
     final = Path(output, "model")
     tmp = final.with_name(".tmp-model")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
+    if checkpoint is None:
+        model.save_pretrained(str(tmp))
+    else:
+        tmp.mkdir(parents=True)
+        for path in model_files(checkpoint):
+            shutil.copyfile(path, tmp / path.name)
     shutil.copyfile(Path(data, TOKENIZER_FILE), tmp / TOKENIZER_FILE)
+    (tmp / EXPORT_FILE).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-
-
-def verify_data(data: str, rt: Runtime) -> None:
-    from pipeline.commands.verification import verify_output  # reads every shard: only here
-
-    problems = verify_output(data) if rt.rank == 0 else []
-    if rt.all_reduce_int(len(problems)):
-        shown = "; ".join(problems[:5]) if problems else "listed by rank 0"
-        raise DataError(
-            f"{data}: expected shards that match the manifest, found {len(problems)} problems "
-            f"({shown}); rerun `pipeline run` on this output"
-        )
+    return final

@@ -1,24 +1,28 @@
 """What one training run works with, built once before the loop: data, model, optimizer, resume.
 
 `setup` reads the dataset's manifest, loads the model (from --model or the checkpoint that
---resume names), checks that the two match, builds sampler, collator, optimizer and schedule,
-restores the checkpoint's optimizer, scheduler, sampler and RNG states when resuming, and wraps
-the objective in DDP (under torchrun) and torch.compile when asked.
+--resume names), checks that the two match (pipeline/train/data_checks.py), builds sampler,
+collator, optimizer and schedule, restores the checkpoint's optimizer, scheduler, GradScaler,
+sampler, RNG states and micro-batch size when resuming, and wraps the objective in DDP (under
+torchrun) and torch.compile when asked. An output without validation blocks (made with
+`--validation-fraction 0`) trains without evaluation.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
+import sys
+from dataclasses import dataclass, field
 
 import torch
 import transformers
+from transformers import PreTrainedModel
 
 from pipeline.errors import DataError
 from pipeline.format.manifest import load_manifest
 from pipeline.train import checkpoint
 from pipeline.train.config import TrainConfig
+from pipeline.train.data_checks import check_mask_token, expectation, has_validation
 from pipeline.train.dataset import BlockDataset
 from pipeline.train.masking import MaskingSpec, MLMCollator
 from pipeline.train.models import (
@@ -26,30 +30,36 @@ from pipeline.train.models import (
     build_optimizer,
     build_scheduler,
     check_doc_attention,
+    enable_gradient_checkpointing,
     load_model,
 )
-from pipeline.train.runtime import Runtime, expectation, verify_data
+from pipeline.train.policies import BestModel
+from pipeline.train.runtime import Runtime
 from pipeline.train.sampler import BlockSampler
+from pipeline.train.step import grad_scaler
 
 
 @dataclass(kw_only=True)
 class Session:
     """Everything the loop works with, built by `setup`."""
 
-    model: Any
+    model: PreTrainedModel
     objective: MaskedLMObjective
-    runner: Any  # the objective, maybe in DDP, maybe compiled
+    runner: torch.nn.Module  # the objective, maybe in DDP, maybe compiled
     optimizer: torch.optim.Optimizer
-    scheduler: Any
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None  # fp16 only
     sampler: BlockSampler
     train_data: BlockDataset
-    val_data: BlockDataset
+    val_data: BlockDataset | None  # None: the output has no validation split
     spec: MaskingSpec
     collator: MLMCollator
     total_steps: int
     warmup_steps: int
+    micro_batch_size: int  # blocks per forward pass
+    find_micro_batch: bool  # search it on the first step (not given, not in the checkpoint)
     step: int = 0
-    best_eval_loss: float | None = None
+    best: BestModel = field(default_factory=BestModel)
     resumed: bool = False
 
 
@@ -57,10 +67,9 @@ def setup(cfg: TrainConfig, rt: Runtime) -> Session:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     transformers.utils.logging.disable_progress_bar()  # save_pretrained's bars: noise here
-    if cfg.verify:
-        verify_data(cfg.data, rt)
     manifest = load_manifest(cfg.data)
     tok, block_size = manifest.tokenizer, manifest.block_size
+    check_mask_token(cfg.data, tok)
     resume_from = checkpoint.resolve_resume(cfg.output, cfg.resume) if cfg.resume else None
     prior = checkpoint.read_state(resume_from) if resume_from else None
     checkpoint.prepare_run(cfg.output, prior, cfg.to_dict(), rt.world_size, rt.rank)
@@ -68,13 +77,23 @@ def setup(cfg: TrainConfig, rt: Runtime) -> Session:
     model = load_model(str(resume_from) if resume_from else cfg.model, tok, block_size)
     if cfg.doc_attention:
         check_doc_attention(model)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model, cfg.model)
     expect = expectation(cfg.model, prior, model, resume_from)
     docs = cfg.doc_attention
     window = cfg.shuffle_window
     train_data = BlockDataset(
         cfg.data, "train", expect=expect, cache_chunks=window + 2, with_doc_ids=docs
     )
-    val_data = BlockDataset(cfg.data, "validation", expect=expect, with_doc_ids=docs)
+    val_data = None
+    if has_validation(manifest):
+        val_data = BlockDataset(cfg.data, "validation", expect=expect, with_doc_ids=docs)
+    elif rt.rank == 0:
+        print(
+            f"note: {cfg.data} has no validation blocks (made with --validation-fraction 0): "
+            "training without evaluation; RUN/model will hold the last weights",
+            file=sys.stderr,
+        )
     if prior and prior["data"]["num_blocks"] != len(train_data):
         raise DataError(
             f"{cfg.data}: checkpoint {resume_from} expects {prior['data']['num_blocks']} "
@@ -100,12 +119,16 @@ def setup(cfg: TrainConfig, rt: Runtime) -> Session:
     model.to(rt.device).train()
     objective = MaskedLMObjective(model)
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, fused=rt.cuda)
+    kept = (prior or {}).get("micro_batch_size")  # found by an earlier part of this run
+    if kept and cfg.batch_size % kept:  # --batch-size changed on resume: search again
+        kept = None
     session = Session(
         model=model,
         objective=objective,
         runner=objective,
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, total_steps, warmup_steps),
+        scaler=grad_scaler(rt, (prior or {}).get("grad_scaler")),
         sampler=sampler,
         train_data=train_data,
         val_data=val_data,
@@ -113,11 +136,14 @@ def setup(cfg: TrainConfig, rt: Runtime) -> Session:
         collator=MLMCollator(spec, seed=cfg.seed, doc_attention=docs, with_keys=cfg.log_samples),
         total_steps=total_steps,
         warmup_steps=warmup_steps,
+        micro_batch_size=cfg.micro_batch_size or kept or cfg.batch_size,
+        find_micro_batch=not (cfg.micro_batch_size or kept),
     )
     if resume_from and prior:
         checkpoint.restore(resume_from, optimizer, session.scheduler, rt.rank, rt.device)
         sampler.load_state_dict(prior["sampler"])
-        session.step, session.best_eval_loss = int(prior["step"]), prior.get("best_eval_loss")
+        session.step = int(prior["step"])
+        session.best = BestModel(loss=prior.get("best_eval_loss"), step=prior.get("best_step"))
         session.resumed = True
     else:
         torch.manual_seed(cfg.seed + rt.rank)  # dropout differs between ranks
