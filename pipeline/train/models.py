@@ -202,8 +202,19 @@ def enable_gradient_checkpointing(model: Any, spec: str) -> None:
             f"--gradient-checkpointing: expected a model that supports it, found "
             f"{type(model).__name__} ({spec}) without; drop the flag"
         )
-    # Non-reentrant: works with DDP, torch.compile and inputs that need no grad.
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # Non-reentrant: works with DDP, torch.compile and inputs that need no grad. transformers
+    # 5.x renamed the method (the old name warns); 4.x has only the old one.
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def checkpoints_activations(model: Any) -> bool:
+    if hasattr(type(model), "is_activation_checkpointing"):
+        return bool(model.is_activation_checkpointing)
+    return bool(getattr(model, "is_gradient_checkpointing", False))
 
 
 def build_optimizer(

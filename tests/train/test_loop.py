@@ -112,7 +112,8 @@ def test_a_checkpoint_is_synced_to_disk_before_it_is_named(
     final = checkpoint.save_checkpoint(
         str(tmp_path), 5, model=model, optimizer=optimizer,
         scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
-        state={"step": 5}, rank=0, barrier=lambda: None, keep_last=2,
+        state={"step": 5}, rank=0, device=torch.device("cpu"), barrier=lambda: None,
+        keep_last=2,
     )  # fmt: skip
     tmp = final.with_name(f".tmp-{final.name}")
     files = sorted(p.name for p in final.iterdir())
