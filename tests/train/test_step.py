@@ -83,7 +83,8 @@ def test_one_by_16_and_4_by_4_give_the_same_update(tmp_path: Path, cut: tuple[in
     assert int(result.masked) == int(reference.masked) == int((data["labels"] != -100).sum()) > 0
     assert float(result.loss_sum) == pytest.approx(float(reference.loss_sum), rel=1e-5)
     assert float(result.grad_norm) == pytest.approx(float(reference.grad_norm), rel=1e-5)
-    moved = [(a - b).abs().max() for a, b in zip(parameters(whole), parameters(tiny(tmp_path)))]
+    start = parameters(tiny(tmp_path))
+    moved = [(a - b).abs().max() for a, b in zip(parameters(whole), start, strict=True)]
     assert max(moved) > 1e-3, "the step changed the weights"
     for a, b in zip(parameters(whole), parameters(split), strict=True):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -113,7 +114,8 @@ def test_a_cuda_oom_halves_the_micro_batch_until_it_fits(
     torch.manual_seed(5)
     result = run([batch(16)])
     assert run.micro_batch_size == 4 and oom.failures == 2
-    assert oom.sizes == [16, 8, 4, 4, 4, 4] + [4, 4, 4, 4], "probe at 16, 8, 4; then the step"
+    probe, step = [16, 8, 4, 4, 4, 4], [4, 4, 4, 4]
+    assert oom.sizes == [*probe, *step], "the probe at 16, 8 and 4, then the step at 4"
     err = capsys.readouterr().err
     assert err.count("micro-batch:") == 1, err
     assert "micro-batch: 4 blocks per forward pass, 4 per per-device batch of 16" in err
@@ -205,6 +207,6 @@ def test_fp16_steps_through_a_grad_scaler(tmp_path: Path) -> None:
     run.rt, run.scaler = rt, scaler
     result = run([batch(8)])
     assert torch.isfinite(result.grad_norm)
-    assert any(not torch.equal(a, b) for a, b in zip(before, parameters(model)))
+    assert any(not torch.equal(a, b) for a, b in zip(before, parameters(model), strict=True))
     restored = grad_scaler(rt, copy.deepcopy(scaler.state_dict()))
     assert restored.state_dict() == scaler.state_dict()
