@@ -13,10 +13,10 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import transformers
-from transformers import PreTrainedModel
 
 from pipeline.errors import DataError
 from pipeline.format.manifest import load_manifest
@@ -37,6 +37,9 @@ from pipeline.train.policies import BestModel
 from pipeline.train.runtime import Runtime
 from pipeline.train.sampler import BlockSampler
 from pipeline.train.step import grad_scaler
+
+if TYPE_CHECKING:  # a type only: importing it at run time loads transformers' vision extras
+    from transformers import PreTrainedModel
 
 
 @dataclass(kw_only=True)

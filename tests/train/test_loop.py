@@ -208,3 +208,32 @@ def test_a_run_folder_is_resumed_or_overwritten_never_mixed(
                  "--log-steps", "1") == 0  # fmt: skip
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000002"]
     assert [r["step"] for r in records(run, "train")] == [1, 2]
+
+
+def test_each_rank_saves_and_restores_only_its_own_gpu_generator(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Resuming where fewer GPUs are visible must not touch (or index) the others."""
+    calls: list[tuple[str, object]] = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: calls.append(("get", device))
+                        or torch.tensor([7], dtype=torch.uint8))  # fmt: skip
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: calls.append(
+        ("set", (int(state[0]), device))))  # fmt: skip
+
+    def every_gpu(*args: object) -> None:
+        raise AssertionError("touched every visible GPU")
+
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", every_gpu)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", every_gpu)
+    gpu1 = torch.device("cuda", 1)
+    state = checkpoint.rng_state(gpu1)
+    assert calls == [("get", gpu1)] and int(state["cuda"][0]) == 7
+    checkpoint.set_rng_state(state, gpu1)
+    assert calls[-1] == ("set", (7, gpu1))
+    # A checkpoint written before: every GPU's state in a list; rank 1 takes entry 1.
+    legacy = {**state, "cuda": [torch.tensor([3], dtype=torch.uint8), torch.tensor([4],
+              dtype=torch.uint8)]}  # fmt: skip
+    checkpoint.set_rng_state(legacy, gpu1)
+    assert calls[-1] == ("set", (4, gpu1))
+    cpu_state = checkpoint.rng_state(torch.device("cpu"))
+    assert "cuda" not in cpu_state and len(calls) == 3

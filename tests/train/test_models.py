@@ -108,15 +108,24 @@ def test_no_weight_decay_on_biases_and_norms() -> None:
     assert len(decay["params"]) + len(skipped) == len(names)
 
 
-def test_schedule_warms_up_linearly_then_decays_to_zero() -> None:
-    param = torch.nn.Parameter(torch.zeros(1))
-    optimizer = torch.optim.AdamW([param], lr=1.0)
-    scheduler = build_scheduler(optimizer, total_steps=10, warmup_steps=4)
-    lrs = []
-    for _ in range(10):
-        lrs.append(scheduler.get_last_lr()[0])
-        optimizer.step()
-        scheduler.step()
-    assert lrs[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
-    assert lrs[5:] == pytest.approx([5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6])
-    assert scheduler.get_last_lr()[0] == 0.0
+@pytest.mark.parametrize("total, warmup", [(10, 4), (10, 0), (7, 7), (100, 6), (1, 0), (5, 1)])
+def test_schedule_equals_transformers_linear_schedule_step_by_step(total: int, warmup: int) -> None:
+    from transformers import get_linear_schedule_with_warmup
+
+    ours_param, hf_param = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    ours_opt = torch.optim.AdamW([ours_param], lr=3e-4)
+    hf_opt = torch.optim.AdamW([hf_param], lr=3e-4)
+    ours = build_scheduler(ours_opt, total_steps=total, warmup_steps=warmup)
+    hf = get_linear_schedule_with_warmup(hf_opt, warmup, total)
+    seen = []
+    for _ in range(total + 2):  # and past the end, where both stay at 0
+        assert ours.get_last_lr() == hf.get_last_lr()  # exactly, not approximately
+        seen.append(ours.get_last_lr()[0])
+        for opt, sched in ((ours_opt, ours), (hf_opt, hf)):
+            opt.step()
+            sched.step()
+    assert seen[total] == 0.0 and seen[-1] == 0.0
+    if warmup:
+        assert seen[0] == 0.0  # HF warms up as step / warmup: the first step has lr 0
+    if warmup < total:
+        assert seen[warmup] == pytest.approx(3e-4)  # the peak

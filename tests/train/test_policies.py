@@ -1,0 +1,34 @@
+"""The loop's named policies: when to evaluate, when to save, which weights are the best."""
+
+from __future__ import annotations
+
+from pipeline.train.policies import BestModel, EvalPolicy, SavePolicy
+
+
+def test_evaluation_every_n_steps_per_epoch_and_at_the_end_and_never_without_data() -> None:
+    policy = EvalPolicy(every=500)
+    assert policy.due(500, new_epoch=False, at_end=False)
+    assert not policy.due(501, new_epoch=False, at_end=False)
+    assert policy.due(501, new_epoch=True, at_end=False)
+    assert policy.due(777, new_epoch=False, at_end=True)
+    assert not EvalPolicy(every=0).due(500, new_epoch=False, at_end=False)
+    assert not EvalPolicy(every=1, enabled=False).due(1, new_epoch=True, at_end=True)
+
+
+def test_saves_periodically_at_the_end_and_every_new_best() -> None:
+    with_evals = SavePolicy(every=0)
+    assert with_evals.due(7, evaluated=True, new_best=False, at_end=False)
+    assert not with_evals.due(7, evaluated=False, new_best=False, at_end=False)
+    every = SavePolicy(every=100)
+    assert every.due(200, evaluated=False, new_best=False, at_end=False)
+    assert not every.due(150, evaluated=True, new_best=False, at_end=False)
+    assert every.due(150, evaluated=True, new_best=True, at_end=False), "the best must survive"
+    assert every.due(151, evaluated=False, new_best=False, at_end=True)
+
+
+def test_the_best_is_the_lowest_eval_loss_after_training_began() -> None:
+    best = BestModel()
+    assert not best.update(0, 0.5), "step 0 scores the starting model"
+    assert best.update(10, 3.0) and best.update(20, 2.0)
+    assert not best.update(30, 2.5) and not best.update(40, 2.0)
+    assert (best.step, best.loss) == (20, 2.0)
