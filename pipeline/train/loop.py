@@ -39,6 +39,7 @@ from pipeline.train.runtime import (
     log_samples,
     perplexity,
     setup_runtime,
+    start_samples_log,
 )
 from pipeline.train.session import Session, setup
 from pipeline.train.step import StepResult, TrainStep
@@ -113,11 +114,11 @@ def train(cfg: TrainConfig, rt: Runtime) -> dict[str, Any]:
     run_step = TrainStep(
         runner=s.runner, model=s.model, optimizer=s.optimizer, scheduler=s.scheduler, rt=rt,
         batch_size=cfg.batch_size, micro_batch_size=s.micro_batch_size,
-        automatic=s.find_micro_batch, max_grad_norm=cfg.max_grad_norm, scaler=s.scaler,
+        automatic=s.find_micro_batch and rt.cuda, max_grad_norm=cfg.max_grad_norm, scaler=s.scaler,
     )  # fmt: skip
     samples_path = Path(cfg.output, f"samples-rank{rt.rank}.jsonl")
-    if cfg.log_samples and not s.resumed:
-        samples_path.write_text("")
+    if cfg.log_samples:
+        start_samples_log(samples_path, s.step if s.resumed else None)
     bar = tqdm(total=s.total_steps, initial=s.step, disable=cfg.quiet or rt.rank != 0)
     interval = Interval(rt.device)
     epoch = int(s.sampler.epoch_of(s.sampler.position))

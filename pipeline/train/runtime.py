@@ -193,6 +193,17 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
 
 
+def start_samples_log(path: Path, resume_step: int | None) -> None:
+    """A new samples file, or on resume the lines up to the checkpoint's step (an interrupted
+    run may have logged steps past it, which the resumed run logs again)."""
+    if resume_step is None or not path.exists():
+        path.write_text("")
+        return
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= resume_step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
 def log_samples(path: Path, step: int, micro: list[dict[str, Any]], num_blocks: int) -> None:
     """Append the keys (epoch * num_blocks + block) this rank trains on in this step, and a
     CRC-32 of the step's labels (which positions are masked, to what): a resumed run must show

@@ -20,7 +20,9 @@ and the probe's gradients and RNG draws are discarded. Optimizer state (AdamW: t
 size of the parameters) is held during the probe when the optimizer has none yet, so that the
 size found still fits once it exists. A later out-of-memory (the masked count varies a little
 per batch) is retried at half the size in a single process, and ends a distributed run with the
-advice to resume with a smaller `--micro-batch-size`.
+advice to resume with a smaller `--micro-batch-size`. On the CPU there is no probe (its
+allocator does not raise CUDA's error); a CUDA out-of-memory simulated there in tests takes the
+single-process retry, and the probe is tested directly.
 
 The hot path has no host-device sync: the masked counts and the head's gather positions are
 computed on the host from the CPU batch, the count all-reduce stays on the device, and only
@@ -97,11 +99,16 @@ class TrainStep:
     def __call__(self, batches: list[dict[str, torch.Tensor]]) -> StepResult:
         if self.searching:
             self._find_micro_batch(batches)
+        shrunk = False
         while True:
             try:
-                return self._step(batches)
+                result = self._step(batches)
             except torch.OutOfMemoryError as exc:
                 failed = exc
+            else:
+                if shrunk:
+                    self._announce()  # once, with every size that failed
+                return result
             # Outside the handler: its traceback holds the frames that hold the activations.
             self.optimizer.zero_grad(set_to_none=True)
             _free_memory(self.rt)
@@ -112,7 +119,8 @@ class TrainStep:
                     f"--micro-batch-size (a divisor of {self.batch_size}), "
                     f"--gradient-checkpointing, or {ALLOC_HINT}"
                 ) from failed
-            self._shrink(later=True)
+            self._shrink()
+            shrunk = True
 
     def _step(self, batches: list[dict[str, torch.Tensor]]) -> StepResult:
         micro = [m for b in batches for m in split_batch(b, self.micro_batch_size)]
@@ -169,14 +177,14 @@ class TrainStep:
             _free_memory(self.rt)
             if not self.rt.any_rank(failed):
                 break
-            self._shrink(later=False)
+            self._shrink()
         torch.set_rng_state(cpu_rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state(cuda_rng, self.rt.device)
         self.searching = False
         self._announce()
 
-    def _shrink(self, *, later: bool) -> None:
+    def _shrink(self) -> None:
         self.tried.append(self.micro_batch_size)
         smaller = smaller_micro_batch(self.batch_size, self.micro_batch_size)
         if smaller is None:
@@ -185,8 +193,6 @@ class TrainStep:
                 f"a smaller model, shorter blocks or a larger GPU (and try {ALLOC_HINT})"
             )
         self.micro_batch_size = smaller
-        if later:
-            self._announce()
 
     def _announce(self) -> None:
         if not self.say or self.rt.rank != 0:
