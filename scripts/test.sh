@@ -10,4 +10,5 @@ bash scripts/setup-venv.sh "train,dev"
 .venv/bin/hadolint docker/Dockerfile
 .venv/bin/python tests/bench/bench_pipeline.py --quick
 .venv/bin/python tests/bench/bench_datapath.py --quick
+.venv/bin/python tests/bench/bench_gpu.py --quick
 exec .venv/bin/python -m pytest "$@"
