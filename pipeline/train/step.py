@@ -146,8 +146,11 @@ class TrainStep:
         rt = self.rt
         total = torch.zeros((), dtype=torch.float64, device=rt.device)
         for i, batch in enumerate(micro):
-            inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
-            inputs |= masked_targets(batch["labels"])
+            inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}  # pinned by the loader
+            targets = masked_targets(batch["labels"])
+            if rt.cuda:  # a copy from pageable memory may wait for the stream: pin (cached)
+                targets = {k: v.pin_memory() for k, v in targets.items()}
+            inputs |= targets
             inputs = {k: v.to(rt.device, non_blocking=rt.cuda) for k, v in inputs.items()}
             sync = sync_last and i == len(micro) - 1
             with nullcontext() if sync or not rt.distributed else self.runner.no_sync():
