@@ -30,7 +30,7 @@ from pipeline.train import checkpoint
 from pipeline.train.config import TrainConfig, parse_config
 from pipeline.train.data_checks import verify_data
 from pipeline.train.dataset_cache import local_dataset
-from pipeline.train.policies import EvalPolicy, SavePolicy
+from pipeline.train.policies import EvalPolicy, SavePolicy, choose_export
 from pipeline.train.runtime import (
     MetricsLog,
     Runtime,
@@ -235,23 +235,19 @@ def _save(cfg: TrainConfig, rt: Runtime, s: Session, eval_loss: float | None) ->
 
 def _export(cfg: TrainConfig, s: Session, last_eval: dict[str, Any], log: MetricsLog) -> None:
     """RUN/model: the best checkpoint by eval loss (--export best) or the final weights."""
+    choice = choose_export(cfg.export, s.best, s.step, last_eval.get("eval_loss"))
     source = None
-    info: dict[str, Any] = {"step": s.step, "eval_loss": last_eval.get("eval_loss")}
-    info["chosen"] = "last step"
-    if cfg.export == "best" and s.best.step is not None and s.best.step != s.step:
-        source = checkpoint.checkpoint_path(cfg.output, s.best.step)
-        if (source / checkpoint.STATE_FILE).is_file():
-            info = {"step": s.best.step, "eval_loss": s.best.loss, "chosen": "best eval loss"}
-        else:
-            print(f"warning: best checkpoint {source} is gone; exporting the last weights",
-                  file=sys.stderr)  # fmt: skip
+    if choice.step != s.step:
+        source = checkpoint.checkpoint_path(cfg.output, choice.step)
+        if not (source / checkpoint.STATE_FILE).is_file():
+            print(f"warning: {source} (the best by eval loss) is gone; exporting the last "
+                  "weights", file=sys.stderr)  # fmt: skip
             source = None
-    elif cfg.export == "best" and s.best.step == s.step:
-        info["chosen"] = "best eval loss"
-    info["total_steps"] = s.step
+            choice = choose_export("last", s.best, s.step, last_eval.get("eval_loss"))
+    info = {**dataclasses.asdict(choice), "total_steps": s.step}
     export_model(s.model, cfg.data, cfg.output, checkpoint=source, info=info)
     log.write({"event": "export", **info})
-    loss = info["eval_loss"] if info["eval_loss"] is not None else math.nan
-    print(f"done: {s.step} steps; model/ holds step {info['step']} ({info['chosen']}), eval "
+    loss = choice.eval_loss if choice.eval_loss is not None else math.nan
+    print(f"done: {s.step} steps; model/ holds step {choice.step} ({choice.chosen}), eval "
           f"loss {loss:.4f}, perplexity {perplexity(loss):.2f} -> {cfg.output}",
           file=sys.stderr)  # fmt: skip

@@ -47,3 +47,20 @@ class BestModel:
             return False
         self.loss, self.step = loss, step
         return True
+
+
+@dataclass(frozen=True, kw_only=True)
+class Export:
+    """Which weights RUN/model holds (written to RUN/model/trainer_export.json)."""
+
+    step: int
+    eval_loss: float | None
+    chosen: str  # "best eval loss" or "last step"
+
+
+def choose_export(
+    export: str, best: BestModel, last_step: int, last_eval_loss: float | None
+) -> Export:
+    if export == "best" and best.step is not None and best.loss is not None:
+        return Export(step=best.step, eval_loss=best.loss, chosen="best eval loss")
+    return Export(step=last_step, eval_loss=last_eval_loss, chosen="last step")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.train.policies import BestModel, EvalPolicy, SavePolicy
+from pipeline.train.policies import BestModel, EvalPolicy, Export, SavePolicy, choose_export
 
 
 def test_evaluation_every_n_steps_per_epoch_and_at_the_end_and_never_without_data() -> None:
@@ -32,3 +32,15 @@ def test_the_best_is_the_lowest_eval_loss_after_training_began() -> None:
     assert best.update(10, 3.0) and best.update(20, 2.0)
     assert not best.update(30, 2.5) and not best.update(40, 2.0)
     assert (best.step, best.loss) == (20, 2.0)
+
+
+def test_the_export_is_the_best_unless_asked_for_the_last_or_nothing_was_evaluated() -> None:
+    best = BestModel(loss=2.0, step=40)
+    assert choose_export("best", best, 100, 2.5) == Export(
+        step=40, eval_loss=2.0, chosen="best eval loss"
+    )
+    last = Export(step=100, eval_loss=2.5, chosen="last step")
+    assert choose_export("last", best, 100, 2.5) == last
+    assert choose_export("best", BestModel(), 100, None) == Export(
+        step=100, eval_loss=None, chosen="last step"
+    )
