@@ -313,3 +313,23 @@ def test_the_micro_batch_found_on_a_cuda_oom_is_said_once_and_kept_on_resume(
     assert set(sizes) == {2} and len(sizes) == 2 * 4, "no new search: 2 steps x 4 micro-batches"
     assert "out of memory" not in capsys.readouterr().err
     assert [r["micro_batch_size"] for r in records(run, "train")] == [2, 2, 2, 2]
+
+
+def test_verify_runs_before_the_process_group_exists(
+    shards: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Re-reading ~100 GB takes longer than NCCL's 10-minute timeout: no rank may wait for it
+    inside a collective, so it happens before init_process_group (in setup_runtime)."""
+    from pipeline.errors import UsageError
+    from pipeline.train import loop
+
+    order: list[str] = []
+    monkeypatch.setattr(loop, "verify_data", lambda data: order.append(f"verify {data}"))
+
+    def runtime(device: str, precision: str) -> None:
+        order.append("process group")
+        raise UsageError("stop here")
+
+    monkeypatch.setattr(loop, "setup_runtime", runtime)
+    assert train(shards, tmp_path / "run", "--model", "tiny-bert", "--verify") == 2
+    assert order == [f"verify {shards}", "process group"]
