@@ -134,6 +134,8 @@ def test_a_checkpoint_is_synced_to_disk_before_it_is_named(
     [
         ["--model", "tiny-bert", "--doc-attention", "--grad-accum", "2"],
         ["--model", "tiny-deberta-v2", "--mlm-probability", "0.3"],
+        ["--model", "tiny-bert", "--gradient-checkpointing", "--micro-batch-size", "2"],
+        ["--model", "tiny-bert", "--precision", "fp16"],
     ],
 )
 def test_other_models_and_options_train(shards: str, tmp_path: Path, extra: list[str]) -> None:
