@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -183,15 +184,19 @@ class MaskedLMObjective(nn.Module):
 def masked_targets(labels: torch.Tensor, multiple: int = 64) -> dict[str, torch.Tensor]:
     """On the host: flat positions of the masked tokens of `labels` [b, L] and their labels,
     padded to a multiple of `multiple` (position 0, label -100: ignored by the loss) so that
-    --compile sees few distinct shapes."""
-    flat = labels.reshape(-1)
-    found = torch.nonzero(flat != -100).squeeze(1)
-    size = max(multiple, -(-found.numel() // multiple) * multiple)
-    positions = torch.zeros(size, dtype=torch.int64)
-    targets = torch.full((size,), -100, dtype=torch.int64)
-    positions[: found.numel()] = found
-    targets[: found.numel()] = flat[found]
-    return {"masked_positions": positions, "masked_labels": targets}
+    --compile sees few distinct shapes. NumPy, single-threaded: ~0.3 ms for 512 x 128 here,
+    where torch.nonzero on a loaded machine's thread pool took 1-40 ms."""
+    flat = labels.reshape(-1).numpy()
+    found = np.flatnonzero(flat != -100)
+    size = max(multiple, -(-found.size // multiple) * multiple)
+    positions = np.zeros(size, dtype=np.int64)
+    targets = np.full(size, -100, dtype=np.int64)
+    positions[: found.size] = found
+    targets[: found.size] = flat[found]
+    return {
+        "masked_positions": torch.from_numpy(positions),
+        "masked_labels": torch.from_numpy(targets),
+    }
 
 
 def enable_gradient_checkpointing(model: Any, spec: str) -> None:
