@@ -112,9 +112,10 @@ def train(cfg: TrainConfig, rt: Runtime) -> dict[str, Any]:
     )
     batches = iter(loader)
     run_step = TrainStep(
-        runner=s.runner, model=s.model, optimizer=s.optimizer, scheduler=s.scheduler, rt=rt,
-        batch_size=cfg.batch_size, micro_batch_size=s.micro_batch_size,
-        automatic=s.find_micro_batch and rt.cuda, max_grad_norm=cfg.max_grad_norm, scaler=s.scaler,
+        runner=s.runner, objective=s.objective, model=s.model, optimizer=s.optimizer,
+        scheduler=s.scheduler, rt=rt, batch_size=cfg.batch_size,
+        micro_batch_size=s.micro_batch_size, automatic=s.find_micro_batch and rt.cuda,
+        max_grad_norm=cfg.max_grad_norm, scaler=s.scaler,
     )  # fmt: skip
     samples_path = Path(cfg.output, f"samples-rank{rt.rank}.jsonl")
     if cfg.log_samples:

@@ -14,15 +14,17 @@ the gradient (and the update) does not depend on the cut: 1 x 512 and 4 x 128 di
 float summation order (tested on a tiny model).
 
 Under DDP every rank must take part in each gradient all-reduce, so a rank must never fail a
-step alone: the search runs as a probe in which no gradient is communicated (every micro-batch
-under `no_sync`), the ranks then agree by one all-reduce whether any of them ran out of memory,
-and the probe's gradients and RNG draws are discarded. Optimizer state (AdamW: two tensors the
-size of the parameters) is held during the probe when the optimizer has none yet, so that the
-size found still fits once it exists. A later out-of-memory (the masked count varies a little
-per batch) is retried at half the size in a single process, and ends a distributed run with the
-advice to resume with a smaller `--micro-batch-size`. On the CPU there is no probe (its
-allocator does not raise CUDA's error); a CUDA out-of-memory simulated there in tests takes the
-single-process retry, and the probe is tested directly.
+step alone: the search runs as a probe of the bare objective, outside DDP (no collective at
+all: DDP also broadcasts buffers in every forward, and a rank that fails mid-probe would leave
+the others waiting there; a 2-rank test hung so), then the ranks agree by one all-reduce whether
+any of them ran out of memory, and the probe's gradients and RNG draws are discarded.
+Optimizer state (AdamW: two tensors the size of the parameters) is held during the probe when
+the optimizer has none yet, so that the size found still fits once it exists. A later
+out-of-memory (the masked count varies a little per batch) is retried at half the size in a
+single process, and ends a distributed run with the advice to resume with a smaller
+`--micro-batch-size`. On the CPU there is no probe (its allocator does not raise CUDA's error);
+a CUDA out-of-memory simulated there in tests takes the single-process retry, and the probe is
+tested directly and under 2-rank torchrun (tests/train/ddp_oom_rank1.py).
 
 The hot path has no host-device sync: the masked counts and the head's gather positions are
 computed on the host from the CPU batch, the count all-reduce stays on the device, and only
@@ -76,6 +78,7 @@ class TrainStep:
         self,
         *,
         runner: torch.nn.Module,
+        objective: torch.nn.Module | None = None,
         model: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
@@ -88,6 +91,7 @@ class TrainStep:
         say: bool = True,
     ) -> None:
         self.runner, self.model, self.rt = runner, model, rt
+        self.objective = objective or runner  # the objective itself: outside DDP and compile
         self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
         self.batch_size = batch_size
         self.micro_batch_size = micro_batch_size
@@ -127,7 +131,7 @@ class TrainStep:
         masked = self.rt.all_reduce_sum(sum(int((m["labels"] != -100).sum()) for m in micro))
         # DDP averages gradients over ranks: multiply back, then divide by the global count.
         scale = self.rt.world_size / masked.clamp(min=1).to(torch.float32)
-        loss_sum = self._forward_backward(micro, scale, sync_last=True)
+        loss_sum = self._forward_backward(micro, scale, probe=False)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_norm)
@@ -141,9 +145,13 @@ class TrainStep:
         return StepResult(loss_sum=loss_sum, masked=masked, grad_norm=grad_norm)
 
     def _forward_backward(
-        self, micro: list[dict[str, torch.Tensor]], scale: torch.Tensor, *, sync_last: bool
+        self, micro: list[dict[str, torch.Tensor]], scale: torch.Tensor, *, probe: bool
     ) -> torch.Tensor:
+        """Forward and backward over the micro-batches. The probe runs the bare objective: DDP
+        runs collectives in forward too (buffer broadcasts), which a rank that fails
+        mid-probe would leave the others waiting in; its gradients are discarded anyway."""
         rt = self.rt
+        runner = self.objective if probe else self.runner
         total = torch.zeros((), dtype=torch.float64, device=rt.device)
         for i, batch in enumerate(micro):
             inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}  # pinned by the loader
@@ -152,10 +160,10 @@ class TrainStep:
                 targets = {k: v.pin_memory() for k, v in targets.items()}
             inputs |= targets
             inputs = {k: v.to(rt.device, non_blocking=rt.cuda) for k, v in inputs.items()}
-            sync = sync_last and i == len(micro) - 1
-            with nullcontext() if sync or not rt.distributed else self.runner.no_sync():
+            hold = rt.distributed and not probe and i < len(micro) - 1
+            with runner.no_sync() if hold else nullcontext():
                 with rt.autocast():
-                    loss_sum, _ = self.runner(**inputs)
+                    loss_sum, _ = runner(**inputs)
                 loss = loss_sum * scale.to(rt.device)
                 (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             total += loss_sum.detach()
@@ -172,7 +180,7 @@ class TrainStep:
                 micro = [m for b in batches for m in split_batch(b, self.micro_batch_size)]
                 count = sum(int((m["labels"] != -100).sum()) for m in micro)
                 scale = torch.tensor(1.0 / max(count, 1))
-                self._forward_backward(micro, scale, sync_last=False)
+                self._forward_backward(micro, scale, probe=True)
             except torch.OutOfMemoryError:
                 failed = True
             del reserve

@@ -60,3 +60,30 @@ def test_two_ranks_see_disjoint_blocks_that_cover_the_stream(shards: str, tmp_pa
         "rng-rank1.pt",
     ]
     assert (run / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_ranks_agree_on_the_micro_batch_when_only_one_runs_out_of_memory(
+    shards: str, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    script = Path(__file__).with_name("ddp_oom_rank1.py")
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc_per_node={WORLD}", str(script),
+        "--data", shards, "--model", "tiny-bert", "--output", str(run), "--max-steps", "2",
+        "--batch-size", "8", "--eval-blocks", "16", "--log-steps", "1", "--workers", "0",
+        "--threads", "1", "--quiet",
+    ]  # fmt: skip
+    repo = str(Path(__file__).resolve().parents[2])
+    path = os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=220, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("micro-batch: 2 blocks per forward pass") == 1, done.stderr[-3000:]
+    assert "out of memory at 8, 4" in done.stderr
+    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["micro_batch_size"] for m in metrics if m["event"] == "train"] == [2, 2]
+    state = json.loads((run / "checkpoints" / "step-00000002" / "trainer_state.json").read_text())
+    assert state["micro_batch_size"] == 2
