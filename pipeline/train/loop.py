@@ -95,10 +95,10 @@ def train(cfg: TrainConfig, rt: Runtime) -> dict[str, Any]:
          "world_size": rt.world_size, "train_blocks": len(s.train_data),
          "validation_blocks": len(s.val_data) if s.val_data else 0}
     )  # fmt: skip
-    eval_policy = EvalPolicy(every=cfg.eval_steps, enabled=s.val_data is not None)
+    eval_policy = EvalPolicy(every=cfg.eval_steps)
     save_policy = SavePolicy(every=cfg.save_steps)
     last_eval: dict[str, Any] = {}
-    if not s.resumed and eval_policy.enabled:
+    if not s.resumed and s.val_data is not None:
         last_eval = _evaluate(cfg, rt, s, metrics)
     loader = DataLoader(
         s.train_data,
@@ -144,12 +144,13 @@ def train(cfg: TrainConfig, rt: Runtime) -> dict[str, Any]:
             interval = Interval(rt.device)
         new_epoch = int(s.sampler.epoch_of(s.sampler.position)) > epoch
         epoch = int(s.sampler.epoch_of(s.sampler.position))
-        evaluated = eval_policy.due(s.step, new_epoch=new_epoch, at_end=at_end)
+        eval_point = eval_policy.due(s.step, new_epoch=new_epoch, at_end=at_end)
+        evaluated = eval_point and s.val_data is not None
         new_best = False
         if evaluated:
             last_eval = _evaluate(cfg, rt, s, metrics)
             new_best = s.best.update(s.step, last_eval["eval_loss"])
-        if save_policy.due(s.step, evaluated=evaluated, new_best=new_best, at_end=at_end):
+        if save_policy.due(s.step, eval_point=eval_point, new_best=new_best, at_end=at_end):
             _save(cfg, rt, s, last_eval["eval_loss"] if evaluated else None)
     bar.close()
     if rt.rank == 0:
@@ -194,7 +195,7 @@ class Interval:
 
 
 def _evaluate(cfg: TrainConfig, rt: Runtime, s: Session, metrics: MetricsLog) -> dict[str, Any]:
-    assert s.val_data is not None, "EvalPolicy never evaluates without validation data"
+    assert s.val_data is not None, "the loop evaluates only with validation data"
     loss = evaluate(
         s.objective, s.val_data, s.spec, num_blocks=cfg.eval_blocks,
         batch_size=cfg.eval_batch_size or s.micro_batch_size, doc_attention=cfg.doc_attention,

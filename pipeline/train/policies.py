@@ -1,9 +1,10 @@
 """When the loop evaluates, saves and logs, and which weights it exports: named, pure policies.
 
-* Evaluate every `--eval-steps`, at each epoch boundary and at the end (never without
-  validation data).
-* Save every `--save-steps` (0: with every evaluation), at the end, and whenever an evaluation
-  finds a new best: the best weights must survive as a checkpoint, to be exported.
+* Evaluation points: every `--eval-steps`, each epoch boundary and the end. The loop evaluates
+  there when the data has a validation split.
+* Save every `--save-steps` (0: at every evaluation point, so a run without validation data
+  still leaves checkpoints to resume from), at the end, and whenever an evaluation finds a new
+  best: the best weights must survive as a checkpoint, to be exported.
 * Export (`--export best`, the default, as `load_best_model_at_end=True`): the checkpoint with
   the lowest eval loss; `last`, or a run without evaluation: the final weights. The step 0
   evaluation scores the starting model: it is logged but never "best".
@@ -17,20 +18,17 @@ from dataclasses import dataclass
 @dataclass(frozen=True, kw_only=True)
 class EvalPolicy:
     every: int  # --eval-steps; 0: only per epoch and at the end
-    enabled: bool = True  # False: the data has no validation split
 
     def due(self, step: int, *, new_epoch: bool, at_end: bool) -> bool:
-        if not self.enabled:
-            return False
         return at_end or new_epoch or bool(self.every and step % self.every == 0)
 
 
 @dataclass(frozen=True, kw_only=True)
 class SavePolicy:
-    every: int  # --save-steps; 0: with every evaluation
+    every: int  # --save-steps; 0: at every evaluation point
 
-    def due(self, step: int, *, evaluated: bool, new_best: bool, at_end: bool) -> bool:
-        periodic = step % self.every == 0 if self.every else evaluated
+    def due(self, step: int, *, eval_point: bool, new_best: bool, at_end: bool) -> bool:
+        periodic = step % self.every == 0 if self.every else eval_point
         return at_end or new_best or periodic
 
 

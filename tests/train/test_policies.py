@@ -5,25 +5,24 @@ from __future__ import annotations
 from pipeline.train.policies import BestModel, EvalPolicy, Export, SavePolicy, choose_export
 
 
-def test_evaluation_every_n_steps_per_epoch_and_at_the_end_and_never_without_data() -> None:
+def test_evaluation_points_every_n_steps_per_epoch_and_at_the_end() -> None:
     policy = EvalPolicy(every=500)
     assert policy.due(500, new_epoch=False, at_end=False)
     assert not policy.due(501, new_epoch=False, at_end=False)
     assert policy.due(501, new_epoch=True, at_end=False)
     assert policy.due(777, new_epoch=False, at_end=True)
     assert not EvalPolicy(every=0).due(500, new_epoch=False, at_end=False)
-    assert not EvalPolicy(every=1, enabled=False).due(1, new_epoch=True, at_end=True)
 
 
 def test_saves_periodically_at_the_end_and_every_new_best() -> None:
     with_evals = SavePolicy(every=0)
-    assert with_evals.due(7, evaluated=True, new_best=False, at_end=False)
-    assert not with_evals.due(7, evaluated=False, new_best=False, at_end=False)
+    assert with_evals.due(7, eval_point=True, new_best=False, at_end=False)
+    assert not with_evals.due(7, eval_point=False, new_best=False, at_end=False)
     every = SavePolicy(every=100)
-    assert every.due(200, evaluated=False, new_best=False, at_end=False)
-    assert not every.due(150, evaluated=True, new_best=False, at_end=False)
-    assert every.due(150, evaluated=True, new_best=True, at_end=False), "the best must survive"
-    assert every.due(151, evaluated=False, new_best=False, at_end=True)
+    assert every.due(200, eval_point=False, new_best=False, at_end=False)
+    assert not every.due(150, eval_point=True, new_best=False, at_end=False)
+    assert every.due(150, eval_point=True, new_best=True, at_end=False), "the best must survive"
+    assert every.due(151, eval_point=False, new_best=False, at_end=True)
 
 
 def test_the_best_is_the_lowest_eval_loss_after_training_began() -> None:

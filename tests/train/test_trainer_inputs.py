@@ -46,6 +46,8 @@ def test_an_output_without_validation_trains_without_evaluation(
     err = capsys.readouterr().err
     assert err.count("no validation blocks") == 1 and "training without evaluation" in err
     assert len(records(run, "train")) == 3 and records(run, "eval") == []
+    kept = [p.name for p in checkpoint.list_checkpoints(str(run))]
+    assert kept == ["step-00000002", "step-00000003"], "still checkpoints to resume from"
     export = json.loads((run / "model" / "trainer_export.json").read_text())
     assert export["step"] == 3 and export["chosen"] == "last step"
 
