@@ -118,10 +118,10 @@ class TrainStep:
             _free_memory(self.rt)
             if self.rt.distributed:  # the other ranks are inside an all-reduce: stop all
                 raise PipelineError(
-                    f"CUDA out of memory with --micro-batch-size {self.micro_batch_size} "
-                    f"({failed.__class__.__name__}); rerun with --resume and a smaller "
-                    f"--micro-batch-size (a divisor of {self.batch_size}), "
-                    f"--gradient-checkpointing, or {ALLOC_HINT}"
+                    f"--micro-batch-size {self.micro_batch_size}: expected micro-batches that "
+                    f"fit in GPU memory, found a CUDA out-of-memory after the first step; rerun "
+                    f"with --resume and a smaller --micro-batch-size (a divisor of "
+                    f"{self.batch_size}), --gradient-checkpointing, or {ALLOC_HINT}"
                 ) from failed
             self._shrink()
             shrunk = True
@@ -200,8 +200,9 @@ class TrainStep:
         smaller = smaller_micro_batch(self.batch_size, self.micro_batch_size)
         if smaller is None:
             raise PipelineError(
-                "CUDA out of memory with a micro-batch of 1 block; use --gradient-checkpointing, "
-                f"a smaller model, shorter blocks or a larger GPU (and try {ALLOC_HINT})"
+                "micro-batch: expected at least 1 block to fit in GPU memory, found CUDA out of "
+                "memory with a micro-batch of 1 block; use --gradient-checkpointing, a smaller "
+                f"model, shorter blocks or a larger GPU (and try {ALLOC_HINT})"
             )
         self.micro_batch_size = smaller
 
