@@ -141,7 +141,7 @@ def test_a_later_oom_retries_the_step_smaller_and_one_block_is_the_floor(
     assert run.micro_batch_size == 2 and oom.failures == 2
     assert "micro-batch: 2 blocks" in capsys.readouterr().err
     oom.limit = 0
-    with pytest.raises(PipelineError, match="found CUDA out of memory with a micro-batch of 1 block"):
+    with pytest.raises(PipelineError, match="found CUDA out of memory with a micro-batch of 1"):
         run([batch(8)])
 
 
