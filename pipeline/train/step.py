@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, brief
 from pipeline.train.models import masked_targets
 from pipeline.train.runtime import Runtime
 
@@ -108,12 +108,12 @@ class TrainStep:
             try:
                 result = self._step(batches)
             except torch.OutOfMemoryError as exc:
-                failed = exc
+                failed = brief(exc, 200)  # the text only: the exception's frames hold activations
             else:
                 if shrunk:
                     self._announce()  # once, with every size that failed
                 return result
-            # Outside the handler: its traceback holds the frames that hold the activations.
+            # Outside the handler, which holds the frames that hold the activations.
             self.optimizer.zero_grad(set_to_none=True)
             _free_memory(self.rt)
             if self.rt.distributed:  # the other ranks are inside an all-reduce: stop all
@@ -121,8 +121,8 @@ class TrainStep:
                     f"--micro-batch-size {self.micro_batch_size}: expected micro-batches that "
                     f"fit in GPU memory, found a CUDA out-of-memory after the first step; rerun "
                     f"with --resume and a smaller --micro-batch-size (a divisor of "
-                    f"{self.batch_size}), --gradient-checkpointing, or {ALLOC_HINT}"
-                ) from failed
+                    f"{self.batch_size}), --gradient-checkpointing, or {ALLOC_HINT} ({failed})"
+                )
             self._shrink()
             shrunk = True
 
