@@ -1,7 +1,10 @@
-"""What the loop needs around it: device and process group, evaluation, metrics, data checks.
+"""What the loop needs around it: device, precision and process group, evaluation, metrics,
+the samples log and the exported model.
 
 Under `torchrun` (WORLD_SIZE > 1) the process group uses NCCL on GPUs and gloo on the CPU; each
 rank drives the GPU `cuda:LOCAL_RANK`. Without torchrun it is one process on one device.
+`--precision auto` is bf16 autocast where the GPU has bf16, fp16 with a GradScaler where it has
+not (said in one line), fp32 on the CPU.
 """
 
 from __future__ import annotations
