@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import DataError
+from pipeline.format.manifest import Manifest, TokenizerRecord
 from pipeline.format.paths import TOKENIZER_FILE
 from pipeline.train.dataset import DataExpectation
 
@@ -66,17 +67,17 @@ def expectation(
     )
 
 
-def check_mask_token(data: str, tokenizer: dict[str, Any]) -> None:
-    if tokenizer["special_ids"].get("mask") is None:
+def check_mask_token(data: str, tokenizer: TokenizerRecord) -> None:
+    if tokenizer.special_ids.get("mask") is None:
         raise DataError(
             f"{data}/{TOKENIZER_FILE}: expected a mask token for masked-language-model training "
             f"([MASK], <mask> or similar), found none among the special tokens "
-            f"{sorted(k for k, v in tokenizer['special_ids'].items() if v is not None)}; rerun "
+            f"{sorted(k for k, v in tokenizer.special_ids.items() if v is not None)}; rerun "
             "`pipeline run` with a tokenizer that has one (add it with "
             "tokenizer.add_special_tokens({'mask_token': '[MASK]'}) and save_pretrained)"
         )
 
 
-def has_validation(manifest: dict[str, Any]) -> bool:
-    split = manifest["splits"].get("validation")
-    return bool(split and int(split["num_blocks"]))
+def has_validation(manifest: Manifest) -> bool:
+    split = manifest.splits.get("validation")
+    return split is not None and split.num_blocks > 0

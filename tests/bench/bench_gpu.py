@@ -113,7 +113,7 @@ class Bench:
         self.rt, self.args = rt, args
         self.dataset = BlockDataset(data, "train", cache_chunks=args.window + 2)
         spec = MaskingSpec.from_manifest(self.dataset.tokenizer)
-        self.model = build_model(args.quick, int(self.dataset.tokenizer["vocab_size"]), 0)
+        self.model = build_model(args.quick, self.dataset.tokenizer.vocab_size, 0)
         self.model.to(rt.device).train()
         objective = MaskedLMObjective(self.model)
         runner: torch.nn.Module = objective

@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from pipeline.errors import PipelineError  # noqa: E402
+from pipeline.format.manifest import TokenizerRecord  # noqa: E402
 from pipeline.train.models import (  # noqa: E402
     PRESETS,
     MaskedLMObjective,
@@ -24,7 +25,16 @@ from pipeline.train.models import (  # noqa: E402
 from pipeline.train.runtime import Runtime, choose_precision  # noqa: E402
 from pipeline.train.step import TrainStep, smaller_micro_batch, split_batch  # noqa: E402
 
-TOKENIZER = {"vocab_size": 300, "special_ids": {"pad": 0, "mask": 4}}
+TOKENIZER = TokenizerRecord(
+    file="tokenizer.json",
+    sha256="0" * 64,
+    vocab_size=300,
+    dtype="uint16",
+    prefix_ids=(),
+    suffix_ids=(),
+    special_ids={"cls": None, "sep": None, "pad": 0, "mask": 4, "unk": None},
+    all_special_ids=(0, 4),
+)
 CPU = Runtime(rank=0, world_size=1, device=torch.device("cpu"))
 
 
