@@ -42,7 +42,7 @@ from pipeline.ingest.units import InputFile, WorkUnit, plan_units
 from pipeline.run.config import RunConfig
 from pipeline.run.encoders import remember_encoder
 from pipeline.run.output_folder import (
-    check_not_inside_inputs,
+    check_output_apart,
     claim,
     exclusive,
     finished_sidecars,
@@ -89,12 +89,12 @@ def run_pipeline(
 ) -> RunResult:
     started = time.monotonic()
     config = with_absolute_paths(config)
+    paths = list_inputs(config.inputs)
+    check_output_apart(config.output, config.inputs, paths)
     tok = load_tokenizer(config.tokenizer)
     tok_text = canonical_json(tok)
     info = describe_tokenizer(tok, config.dtype, config.tokenizer, canonical=tok_text)
     pack_spec(config, info)  # fail early if framed packing is impossible
-    paths = list_inputs(config.inputs)
-    check_not_inside_inputs(config.output, config.inputs)
     files, skipped_files = _describe_inputs(paths, config)
     units = plan_units(files, config.unit_bytes)
     inputs = [{"path": f.path, "num_bytes": f.num_bytes, "num_rows": f.num_rows} for f in files]
