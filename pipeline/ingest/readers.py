@@ -1,15 +1,16 @@
 """Stream the documents of one work unit, in bounded batches, from parquet or JSON lines.
 
 Parquet: the unit's row range, row group by row group, `BATCH_ROWS` rows at a time (only the
-id and text columns are decoded). JSON lines (`.jsonl`, `.jsonl.zst` through `zstandard`'s
-stream reader): line by line, batches of at most `BATCH_ROWS` lines or `BATCH_BYTES`. Texts
-that are not valid UTF-8 (or hold lone surrogates) come out as an `_Invalid` marker so the
-processor can count them; nothing is dropped silently.
+id and text columns are decoded). JSON lines (`.jsonl`; `.jsonl.zst` through `zstandard`'s
+stream reader; `.jsonl.gz`, `.json.gz` through `gzip`): line by line, batches of at most
+`BATCH_ROWS` lines or `BATCH_BYTES`. Texts that are not valid UTF-8 (or hold lone surrogates)
+come out as an `_Invalid` marker so the processor can count them; nothing is dropped silently.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import io
 import json
 from collections.abc import Iterator
@@ -108,12 +109,14 @@ def is_invalid(text: str | None) -> bool:
 
 @contextlib.contextmanager
 def open_lines(path: str, fmt: str) -> Iterator[io.BufferedReader]:
-    """A JSON lines file as a stream of byte lines (zstd decompressed as a stream)."""
+    """A JSON lines file as a stream of byte lines (zstd and gzip decompressed as streams)."""
     fs, inner = storage.resolve(path)
     with fs.open_input_stream(inner, compression=None) as raw:
         stream: io.BufferedIOBase = raw
         if fmt == "jsonl.zst":
             stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        elif fmt == "jsonl.gz":
+            stream = gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
         yield io.BufferedReader(stream, buffer_size=1 << 20)  # type: ignore[arg-type]
 
 

@@ -11,7 +11,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-SUFFIXES = {".parquet": "parquet", ".jsonl": "jsonl", ".jsonl.zst": "jsonl.zst"}
+SUFFIXES = {
+    ".parquet": "parquet",
+    ".jsonl": "jsonl",
+    ".jsonl.zst": "jsonl.zst",
+    ".jsonl.gz": "jsonl.gz",
+    ".json.gz": "jsonl.gz",  # how dataset dumps ship JSON lines
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,8 +53,10 @@ class WorkUnit:
 
 
 def format_of(path: str) -> str | None:
+    """The input format a file name says (`b.PARQUET` too: suffixes ignore case), or None."""
+    name = path.lower()
     for suffix, fmt in sorted(SUFFIXES.items(), key=lambda kv: -len(kv[0])):
-        if path.endswith(suffix):
+        if name.endswith(suffix):
             return fmt
     return None
 

@@ -31,7 +31,7 @@ from pipeline.format.manifest import (
 from pipeline.format.paths import TIMINGS_FILE, TOKENIZER_FILE
 from pipeline.format.records import write_json_atomic
 from pipeline.format.sidecars import Sidecar, read_sidecar
-from pipeline.ingest.sources import describe_input, list_inputs
+from pipeline.ingest.sources import describe_input, list_inputs, refuse_unread
 from pipeline.ingest.tokenization import (
     TokenizerInfo,
     canonical_json,
@@ -89,13 +89,17 @@ def run_pipeline(
 ) -> RunResult:
     started = time.monotonic()
     config = with_absolute_paths(config)
-    paths = list_inputs(config.inputs)
+    listing = list_inputs(config.inputs)
+    paths = listing.files
     check_output_apart(config.output, config.inputs, paths)
+    if config.on_bad_file == "fail":
+        refuse_unread(listing.not_read)
     tok = load_tokenizer(config.tokenizer)
     tok_text = canonical_json(tok)
     info = describe_tokenizer(tok, config.dtype, config.tokenizer, canonical=tok_text)
     pack_spec(config, info)  # fail early if framed packing is impossible
     files, skipped_files = _describe_inputs(paths, config)
+    skipped_files = listing.not_read + skipped_files
     units = plan_units(files, config.unit_bytes)
     inputs = [{"path": f.path, "num_bytes": f.num_bytes, "num_rows": f.num_rows} for f in files]
     with exclusive(config.output):

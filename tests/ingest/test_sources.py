@@ -48,7 +48,7 @@ def test_units_cover_every_row_once_in_order(
 
 
 def test_dictwiki_plans_more_units_than_files() -> None:
-    files = [describe_input(p, "text", "id") for p in list_inputs((str(DICTWIKI),))]
+    files = [describe_input(p, "text", "id") for p in list_inputs((str(DICTWIKI),)).files]
     assert [f.num_rows for f in files] == [3830] * 4
     units = plan_units(files, 256 * 1024)
     assert len(units) > 4 * 3, "row groups are cut so parallelism is not capped by files"
@@ -108,13 +108,15 @@ def test_missing_input_path(tmp_path: Path) -> None:
 def test_folder_without_data_files(tmp_path: Path) -> None:
     (tmp_path / "readme.txt").write_text("hi")
     with pytest.raises(
-        UsageError, match=r"expected .parquet, .jsonl or .jsonl.zst files, found none"
+        UsageError,
+        match=r"expected .parquet, .jsonl, .jsonl.zst, .jsonl.gz, .json.gz files, found "
+        r"none \(.*readme.txt: not a data file",
     ):
         list_inputs((str(tmp_path),))
 
 
 def test_glob_input() -> None:
-    files = list_inputs((str(DICTWIKI / "train-0000[01]-*.parquet"),))
+    files = list_inputs((str(DICTWIKI / "train-0000[01]-*.parquet"),)).files
     assert [Path(f).name[:11] for f in files] == ["train-00000", "train-00001"]
 
 

@@ -152,3 +152,83 @@ def test_output_naming_a_file_says_so(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=r"--output .*out: expected a folder, found a file"):
         run(tmp_path / "in", tmp_path / "out", overwrite=True)
     assert (tmp_path / "out").read_text() == "a file\n"
+
+
+# §2: a path means the file or folder it names
+
+
+def test_a_path_that_exists_is_taken_literally(tmp_path: Path) -> None:
+    write_docs(tmp_path / "corpus[1]" / "a.parquet", 0, 300)
+    write_docs(tmp_path / "corpus1" / "a.parquet", 0, 10)  # what the glob `corpus[1]` matches
+    write_docs(tmp_path / "wiki [en]" / "a.parquet", 0, 120)
+    assert documents(run(tmp_path / "corpus[1]", tmp_path / "out1")) == 300
+    assert documents(run(tmp_path / "wiki [en]", tmp_path / "out2")) == 120
+
+
+def test_only_a_missing_path_is_a_glob_and_found_nothing_says_so(tmp_path: Path) -> None:
+    write_docs(tmp_path / "in" / "a-1.parquet", 0, 100)
+    write_docs(tmp_path / "in" / "a-2.parquet", 100, 150)
+    assert documents(run(str(tmp_path / "in" / "a-*.parquet"), tmp_path / "out")) == 150
+    with pytest.raises(UsageError, match=r"b-\*.parquet: expected .* found nothing there "
+                       r"\(tried as a glob too: no match\)"):  # fmt: skip
+        run(str(tmp_path / "in" / "b-*.parquet"), tmp_path / "out2")
+
+
+# §3: each real file once, nothing dropped silently
+
+
+def test_links_are_read_once_and_loops_survived(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_docs(data / "a.parquet", 0, 200)
+    (data / "b.parquet").symlink_to(data / "a.parquet")
+    (data / "sub").mkdir()
+    (data / "sub" / "loop").symlink_to(data)  # data/sub/loop/sub/loop/... forever
+    write_docs(tmp_path / "elsewhere" / "c.parquet", 200, 300)
+    (data / "c").symlink_to(tmp_path / "elsewhere")
+    result = run(data, tmp_path / "out")
+    assert documents(result) == 300
+    assert sorted(Path(i["path"]).name for i in result.manifest["inputs"]) == [
+        "a.parquet", "c.parquet",
+    ]  # fmt: skip
+
+
+def test_a_spark_output_folder_reads_what_pyarrow_dataset_reads(tmp_path: Path) -> None:
+    import pyarrow.dataset as ds
+
+    data = tmp_path / "spark"
+    write_docs(data / "part-00000-x.snappy.parquet", 0, 150)
+    write_docs(data / "part-00001-x.snappy.parquet", 150, 300)
+    write_docs(data / "_temporary" / "0" / "_temporary" / "attempt_1" / "part-00000.parquet")
+    write_docs(data / ".hive-staging_hive_2024" / "-ext-10000" / "part-0.parquet")
+    write_docs(data / ".part-00000-x.snappy.parquet", 0, 150)
+    (data / "_SUCCESS").write_bytes(b"")
+    (data / ".part-00000-x.snappy.parquet.crc").write_bytes(b"crc")
+    assert ds.dataset(data).count_rows() == 300
+    assert documents(run(data, tmp_path / "out")) == 300
+
+
+def test_every_file_that_will_not_be_read_is_named_before_any_work(tmp_path: Path) -> None:
+    import gzip
+    import json
+
+    data = tmp_path / "data"
+    write_docs(data / "a.parquet", 0, 100)
+    write_docs(data / "b.PARQUET", 100, 200)
+    lines = "".join(json.dumps({"id": f"j{i}", "text": f"Line {i} of the dump."}) + "\n"
+                    for i in range(50))  # fmt: skip
+    (data / "c.jsonl.gz").write_bytes(gzip.compress(lines.encode()))
+    (data / "e.json.gz").write_bytes(gzip.compress(lines.replace('"j', '"k').encode()))
+    (data / "d.csv").write_text("id,text\n1,hello\n")
+    (data / "gone.parquet").symlink_to(data / "nowhere.parquet")
+    out = tmp_path / "out"
+    unread = r"found 2 that will not be read \(.*d.csv: not a data file .*gone.parquet: a sym"
+    with pytest.raises(DataError, match=unread + r"bolic link to nothing\); point --input"):
+        run(data, out)
+    assert not out.exists() or not any(out.iterdir())
+    result = run(data, out, on_bad_file="skip")
+    assert documents(result) == 300
+    skipped = {Path(s["path"]).name: s["reason"] for s in result.manifest["skipped_files"]}
+    assert skipped == {
+        "d.csv": "not a data file (.parquet, .jsonl, .jsonl.zst, .jsonl.gz, .json.gz)",
+        "gone.parquet": "a symbolic link to nothing",
+    }
