@@ -78,6 +78,7 @@ class RunResult:
     num_units_run: int
     seconds: float
     num_tokens: int
+    notes: tuple[str, ...] = ()  # said once by the CLI: things the user will want to know
 
 
 def run_pipeline(
@@ -134,6 +135,17 @@ def run_pipeline(
         num_units_run=len(pending),
         seconds=seconds,
         num_tokens=num_tokens,
+        notes=_notes(config, info),
+    )
+
+
+def _notes(config: RunConfig, info: TokenizerInfo) -> tuple[str, ...]:
+    if info.special_ids.get("mask") is not None:
+        return ()
+    return (
+        f"tokenizer {config.tokenizer} has no mask token ([MASK] or <mask>): the shards are "
+        "fine, but MLM training (`pipeline train`) will need one; add it to the tokenizer "
+        "(tokenizer.add_special_tokens) and rerun with that tokenizer",
     )
 
 
@@ -222,9 +234,18 @@ def _skipped_units(sidecars: dict[str, list[Sidecar]]) -> list[dict[str, str]]:
 
 
 def _check_real_work(config: RunConfig, manifest: Manifest) -> None:
-    """A run that packed no document at all is a mistake (wrong column?), not a dataset."""
+    """A run that packed no document at all is a mistake (wrong column?), not a dataset; nor is
+    one whose train split holds no block (a block size larger than the corpus)."""
     ledgers = [split.ledger for split in manifest.splits.values()]
     if sum(led.num_documents_packed for led in ledgers):
+        train = manifest.splits["train"]
+        if train.num_blocks == 0:
+            tokens = train.ledger.num_document_tokens + train.ledger.num_special_tokens
+            raise DataError(
+                f"--block-size {config.block_size}: expected at least one train block, found "
+                f"none (the train split has {tokens:,} tokens in all, fewer than one block); "
+                "lower --block-size or add input. Nothing was published"
+            )
         return
     read = sum(led.num_documents for led in ledgers)
     skipped: dict[str, int] = {}
