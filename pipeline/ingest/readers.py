@@ -56,6 +56,7 @@ def read_documents(unit: WorkUnit, text_column: str, id_column: str) -> Iterator
 def _read_parquet(unit: WorkUnit, text_column: str, id_column: str) -> Iterator[DocumentBatch]:
     fs, inner = storage.resolve(unit.path)
     assert unit.row_end is not None
+    columns = list(dict.fromkeys([id_column, text_column]))  # `--id-column text` is one column
     with fs.open_input_file(inner) as f:
         pf = pq.ParquetFile(f)
         first = 0
@@ -64,25 +65,22 @@ def _read_parquet(unit: WorkUnit, text_column: str, id_column: str) -> Iterator[
             lo, hi = max(unit.row_start, first), min(unit.row_end, first + n_rows)
             if lo < hi:
                 row = first
-                batches = pf.iter_batches(
-                    batch_size=BATCH_ROWS, row_groups=[rg], columns=[id_column, text_column]
-                )
+                batches = pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[rg], columns=columns)
                 for batch in batches:
                     a, b = max(lo - row, 0), min(hi - row, batch.num_rows)
                     if a < b:
-                        yield _parquet_batch(batch.slice(a, b - a))
+                        yield _parquet_batch(batch.slice(a, b - a), id_column, text_column)
                     row += batch.num_rows
                     if row >= hi:
                         break
             first += n_rows
 
 
-def _parquet_batch(batch: pa.RecordBatch) -> DocumentBatch:
-    ids = batch.column(0)
-    if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
-        ids = ids.cast(pa.string())
-    keys = ids.to_pylist()
-    texts_col = batch.column(1)
+def _parquet_batch(batch: pa.RecordBatch, id_column: str, text_column: str) -> DocumentBatch:
+    keys = _id_strings(batch.column(id_column))
+    texts_col = batch.column(text_column)
+    if pa.types.is_dictionary(texts_col.type):
+        texts_col = texts_col.dictionary_decode()
     try:
         texts = texts_col.to_pylist()
         return DocumentBatch(keys, texts)
@@ -94,6 +92,19 @@ def _parquet_batch(batch: pa.RecordBatch) -> DocumentBatch:
             except UnicodeDecodeError:
                 texts.append(_INVALID)
         return DocumentBatch(keys, texts)
+
+
+def _id_strings(ids: pa.Array) -> list[str | None]:
+    """Ids as strings, whatever their type: Arrow's cast where it has one (integers give the
+    same strings as before), else Python's str() of each value; nulls stay None."""
+    if pa.types.is_dictionary(ids.type):
+        ids = ids.dictionary_decode()
+    if pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type):
+        return ids.to_pylist()
+    try:
+        return ids.cast(pa.large_string()).to_pylist()
+    except (pa.ArrowException, UnicodeDecodeError):
+        return [None if v is None else str(v) for v in ids.to_pylist()]
 
 
 class _Invalid(str):

@@ -158,19 +158,14 @@ def describe_input(path: str, text_column: str, id_column: str) -> InputFile:
         _check_jsonl_fields(path, fmt, text_column)
         return InputFile(path=path, format=fmt, num_bytes=num_bytes, num_rows=None)
     meta = _parquet_metadata(path)
+    if meta.num_rows == 0:
+        raise EmptyInputError(f"{path}: 0 rows (counted and left out)")
     schema = meta.schema.to_arrow_schema()
     _check_column(path, schema, text_column, "text", "--text-column")
     if id_column not in schema.names:
         raise DataError(
             f"{path}: expected an id column {id_column!r}, found columns {schema.names}; "
             "pass --id-column with the column that names each document"
-        )
-    id_type = schema.field(id_column).type
-    if not (pa.types.is_string(id_type) or pa.types.is_large_string(id_type)
-            or pa.types.is_integer(id_type)):  # fmt: skip
-        raise DataError(
-            f"{path}: expected the id column {id_column!r} to hold strings or integers, found "
-            f"{id_type}; pass --id-column with a column that names each document"
         )
     text_index = schema.get_field_index(text_column)
     rows, text_bytes = [], []
@@ -228,8 +223,20 @@ def _check_column(path: str, schema: pa.Schema, name: str, role: str, flag: str)
             f"pass {flag} with the right column"
         )
     typ = schema.field(name).type
-    if not (pa.types.is_string(typ) or pa.types.is_large_string(typ)):
+    if not is_text_type(typ):
         raise DataError(
-            f"{path}: expected column {name!r} to be a string, found {typ}; "
-            f"pass {flag} with a string column"
+            f"{path}: expected column {name!r} to hold text (string, large_string, string_view "
+            f"or dictionary of strings), found {typ}; pass {flag} with a text column"
         )
+
+
+def is_text_type(typ: pa.DataType) -> bool:
+    """What users' writers produce for text: pandas' category and polars' Categorical are
+    dictionary<string>, polars and DuckDB may write string_view."""
+    if pa.types.is_dictionary(typ):
+        typ = typ.value_type
+    return pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_string_view(typ)
+
+
+class EmptyInputError(DataError):
+    """A file without rows: nothing to lose, so it is left out and listed, never refused."""

@@ -31,7 +31,12 @@ from pipeline.format.manifest import (
 from pipeline.format.paths import TIMINGS_FILE, TOKENIZER_FILE
 from pipeline.format.records import write_json_atomic
 from pipeline.format.sidecars import Sidecar, read_sidecar
-from pipeline.ingest.sources import describe_input, list_inputs, refuse_unread
+from pipeline.ingest.sources import (
+    EmptyInputError,
+    describe_input,
+    list_inputs,
+    refuse_unread,
+)
 from pipeline.ingest.tokenization import (
     TokenizerInfo,
     canonical_json,
@@ -289,6 +294,8 @@ def _describe_inputs(paths: list[str], config: RunConfig) -> tuple[list[InputFil
     for path in paths:
         try:
             files.append(describe_input(path, config.text_column, config.id_column))
+        except EmptyInputError as exc:
+            skipped.append({"path": path, "reason": str(exc)})
         except DataError as exc:
             if config.on_bad_file == "fail":
                 raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -232,3 +233,69 @@ def test_every_file_that_will_not_be_read_is_named_before_any_work(tmp_path: Pat
         "d.csv": "not a data file (.parquet, .jsonl, .jsonl.zst, .jsonl.gz, .json.gz)",
         "gone.parquet": "a symbolic link to nothing",
     }
+
+
+# §4: input columns and rows as users' writers produce them
+
+
+@pytest.mark.parametrize(
+    "text_type",
+    [pa.string(), pa.large_string(), pa.string_view(), pa.dictionary(pa.int32(), pa.string())],
+)
+def test_text_columns_of_every_string_type_give_the_same_shards(
+    tmp_path: Path, text_type: pa.DataType
+) -> None:
+    rows = _ROWS.slice(0, 200)
+    text = rows.column("text").cast(pa.string())
+    typed = rows.set_column(rows.schema.get_field_index("text"), "text", text.cast(text_type))
+    (tmp_path / "in").mkdir()
+    pq.write_table(typed, tmp_path / "in" / "a.parquet")
+    assert pq.read_schema(tmp_path / "in" / "a.parquet").field("text").type == text_type
+    result = run(tmp_path / "in", tmp_path / "out")
+    assert documents(result) == 200
+    (tmp_path / "plain").mkdir()
+    pq.write_table(rows, tmp_path / "plain" / "a.parquet")
+    plain = run(tmp_path / "plain", tmp_path / "out-plain")
+    for split in ("train", "validation"):
+        got = [s["sha256"] for s in result.manifest["splits"][split]["shards"]]
+        assert got == [s["sha256"] for s in plain.manifest["splits"][split]["shards"]]
+
+
+def test_a_zero_row_file_is_counted_and_left_out(tmp_path: Path) -> None:
+    write_docs(tmp_path / "in" / "a.parquet", 0, 100)
+    empty = pa.table({"id": pa.array([], pa.null()), "text": pa.array([], pa.null())})
+    pq.write_table(empty, tmp_path / "in" / "b.parquet")  # what pandas writes for an empty frame
+    result = run(tmp_path / "in", tmp_path / "out")
+    assert documents(result) == 100
+    assert result.manifest["skipped_files"] == [
+        {"path": str(tmp_path / "in" / "b.parquet"), "reason": f"{tmp_path}/in/b.parquet: 0 rows "
+         "(counted and left out)"}
+    ]  # fmt: skip
+
+
+def test_a_text_column_that_is_not_text_names_the_types_read(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"id": ["1"], "text": [3]}), tmp_path / "in" / "a.parquet")
+    kinds = r"\(string, large_string, string_view or dictionary of strings\)"
+    with pytest.raises(DataError, match=r"expected column 'text' to hold text " + kinds):
+        run(tmp_path / "in", tmp_path / "out")
+
+
+@pytest.mark.parametrize("id_column", ["text", "title", "url", "n", "f", "tags", "when"])
+def test_any_column_can_be_the_id(tmp_path: Path, id_column: str) -> None:
+    import datetime
+
+    rows = _ROWS.slice(0, 200)
+    n = len(rows)
+    rows = rows.append_column("n", pa.array(range(n), pa.int16()))
+    rows = rows.append_column("f", pa.array([i / 7 for i in range(n)], pa.float64()))
+    rows = rows.append_column("tags", pa.array([[f"t{i}", "x"] for i in range(n)]))
+    start = datetime.datetime(2022, 3, 1)
+    rows = rows.append_column(
+        "when", pa.array([start + datetime.timedelta(hours=i) for i in range(n)])
+    )
+    (tmp_path / "in").mkdir()
+    pq.write_table(rows, tmp_path / "in" / "a.parquet")
+    result = run(tmp_path / "in", tmp_path / "out", id_column=id_column, validation_fraction=0.2)
+    assert documents(result) == 200
+    assert result.manifest["splits"]["validation"]["ledger"]["num_documents"] > 10
