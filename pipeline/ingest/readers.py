@@ -13,6 +13,7 @@ import contextlib
 import gzip
 import io
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ import zstandard
 
 from pipeline.errors import DataError, brief
 from pipeline.format import storage
-from pipeline.ingest.units import WorkUnit
+from pipeline.ingest.units import UnitPart, WorkUnit
 
 BATCH_ROWS = 1000
 BATCH_BYTES = 8 * 1024 * 1024
@@ -39,26 +40,62 @@ class BadInputError(DataError):
 
 
 def read_documents(unit: WorkUnit, text_column: str, id_column: str) -> Iterator[DocumentBatch]:
-    read = _read_parquet if unit.format == "parquet" else _read_jsonl
+    """The unit's documents in order; a unit of many small files comes in batches of up to
+    BATCH_ROWS rows across its files (batch boundaries do not change the output)."""
+    if unit.format != "parquet":
+        yield from _named_errors(unit.format, unit.parts[0], _read_jsonl(unit, text_column,
+                                                                         id_column))  # fmt: skip
+        return
+    ids: list[str | None] = []
+    texts: list[str | None] = []
+    for part in unit.parts:
+        rows = _read_parquet(part, text_column, id_column)
+        for batch in _named_errors(unit.format, part, rows):
+            ids += batch.ids
+            texts += batch.texts
+            if len(texts) >= BATCH_ROWS:
+                yield DocumentBatch(ids, texts)
+                ids, texts = [], []
+    if texts:
+        yield DocumentBatch(ids, texts)
+
+
+def _named_errors(
+    fmt: str, part: UnitPart, batches: Iterator[DocumentBatch]
+) -> Iterator[DocumentBatch]:
     try:
-        yield from read(unit, text_column, id_column)
+        yield from batches
     except BadInputError:
         raise
     except (pa.ArrowException, OSError, EOFError, zstandard.ZstdError) as exc:
-        rows = f"rows {unit.row_start}-{unit.row_end}" if unit.row_end is not None else "lines"
+        rows = f"rows {part.row_start}-{part.row_end}" if part.row_end is not None else "lines"
         raise BadInputError(
-            f"{unit.path}: expected readable {unit.format} {rows}, found damaged data "
+            f"{part.path}: expected readable {fmt} {rows}, found damaged data "
             f"({brief(exc, 160)}); replace the file, or pass --on-bad-file skip to leave "
             "this part out (it is listed in the manifest)"
         ) from exc
 
 
-def _read_parquet(unit: WorkUnit, text_column: str, id_column: str) -> Iterator[DocumentBatch]:
-    fs, inner = storage.resolve(unit.path)
+def open_input_file(path: str) -> pa.NativeFile:
+    """A random-access input file. Local paths skip storage.normalize (a realpath per call:
+    0.25 ms, a quarter of the cost of a 3-row file)."""
+    if storage.is_remote(path):
+        fs, inner = storage.resolve(path)
+        return fs.open_input_file(inner)
+    return pa.OSFile(os.path.abspath(path), "rb")
+
+
+def _read_parquet(unit: UnitPart, text_column: str, id_column: str) -> Iterator[DocumentBatch]:
     assert unit.row_end is not None
     columns = list(dict.fromkeys([id_column, text_column]))  # `--id-column text` is one column
-    with fs.open_input_file(inner) as f:
+    with open_input_file(unit.path) as f:
         pf = pq.ParquetFile(f)
+        if unit.row_start == 0 and unit.row_end == pf.metadata.num_rows <= BATCH_ROWS:
+            # A small whole file (units join those): one read, no batch iterator per group.
+            table = pf.read(columns=columns, use_threads=False)
+            for batch in table.to_batches():
+                yield _parquet_batch(batch, id_column, text_column)
+            return
         first = 0
         for rg in range(pf.metadata.num_row_groups):
             n_rows = pf.metadata.row_group(rg).num_rows

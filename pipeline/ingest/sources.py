@@ -19,7 +19,7 @@ import zstandard
 
 from pipeline.errors import DataError, UsageError, brief
 from pipeline.format import storage
-from pipeline.ingest.readers import open_lines
+from pipeline.ingest.readers import open_input_file, open_lines
 from pipeline.ingest.units import SUFFIXES, InputFile, format_of
 
 DATA_SUFFIXES = ", ".join(SUFFIXES)
@@ -153,11 +153,10 @@ def describe_input(path: str, text_column: str, id_column: str) -> InputFile:
             f"{path}: expected a data file ({DATA_SUFFIXES}), found another suffix; "
             "rename it or leave it out of --input"
         )
-    num_bytes = storage.size_of(path)
     if fmt != "parquet":
         _check_jsonl_fields(path, fmt, text_column)
-        return InputFile(path=path, format=fmt, num_bytes=num_bytes, num_rows=None)
-    meta = _parquet_metadata(path)
+        return InputFile(path=path, format=fmt, num_bytes=storage.size_of(path), num_rows=None)
+    meta, num_bytes = _parquet_metadata(path)
     if meta.num_rows == 0:
         raise EmptyInputError(f"{path}: 0 rows (counted and left out)")
     schema = meta.schema.to_arrow_schema()
@@ -203,11 +202,11 @@ def _check_jsonl_fields(path: str, fmt: str, text_column: str) -> None:
         )
 
 
-def _parquet_metadata(path: str) -> pq.FileMetaData:
-    fs, inner = storage.resolve(path)
+def _parquet_metadata(path: str) -> tuple[pq.FileMetaData, int]:
+    """The footer and the file's size, from one open."""
     try:
-        with fs.open_input_file(inner) as f:
-            return pq.ParquetFile(f).metadata
+        with open_input_file(path) as f:
+            return pq.ParquetFile(f).metadata, f.size()
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(
             f"{path}: expected a parquet file, found one whose footer does not read "

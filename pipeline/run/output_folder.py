@@ -30,6 +30,7 @@ from pipeline.format.locks import exclusive as exclusive_lock
 from pipeline.format.paths import LOCK_FILE, RUN_FILE, is_run_file, is_temporary, shard_uri
 from pipeline.format.records import read_json, write_json_atomic
 from pipeline.format.sidecars import Sidecar, read_sidecar
+from pipeline.ingest.units import WorkUnit
 
 
 def run_identity(config: dict[str, Any], tokenizer_sha256: str, inputs: list[dict]) -> dict:
@@ -45,7 +46,7 @@ def run_identity(config: dict[str, Any], tokenizer_sha256: str, inputs: list[dic
         "tokenizers": tokenizers.__version__,
         "pyarrow": pa.__version__,
     }
-    stamped = [{**i, "mtime_ns": storage.mtime_ns(i["path"])} for i in inputs]
+    stamped = [{**i, "mtime_ns": _mtime_ns(i["path"])} for i in inputs]
     return {
         "config": config,
         "tokenizer_sha256": tokenizer_sha256,
@@ -54,12 +55,18 @@ def run_identity(config: dict[str, Any], tokenizer_sha256: str, inputs: list[dic
     }
 
 
+def _mtime_ns(path: str) -> int | None:
+    """os.stat locally (the same nanoseconds as pyarrow's, without a realpath per file)."""
+    return storage.mtime_ns(path) if storage.is_remote(path) else os.stat(path).st_mtime_ns
+
+
 def digest_of(identity: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
 def check_output_apart(output: str, inputs: tuple[str, ...], files: list[str]) -> None:
-    """Refuse an output folder that is, holds or sits inside an input (real paths compared).
+    """Refuse an output folder that is, holds or sits inside an input (real paths compared;
+    `files` are list_inputs' real paths).
 
     Inside an input folder, a rerun would read its own shards; holding an input (the input's
     parent or any ancestor), --overwrite or a later cleanup could touch the user's data.
@@ -76,8 +83,8 @@ def check_output_apart(output: str, inputs: tuple[str, ...], files: list[str]) -
                 f"--output {output}: expected a folder outside the input folder {item}, found "
                 "it inside; a rerun would read its own shards. Choose another --output"
             )
-    for path in files:
-        if _within(_real(path), out):
+    for path in files:  # real paths already (list_inputs resolves links)
+        if _within(path, out):
             raise UsageError(
                 f"--output {output}: expected a folder that holds no input, found the input "
                 f"{path} inside it; choose an --output outside the inputs' folders"
@@ -198,12 +205,18 @@ def exclusive(output: str) -> Iterator[None]:
         yield
 
 
-def finished_sidecars(output: str, index: int, digest: str) -> dict[str, Sidecar] | None:
+def _same_unit(recorded: dict[str, Any], unit: WorkUnit) -> bool:
+    """Did the sidecar come from this very unit (the plan of the code that wrote it)?"""
+    return {k: v for k, v in recorded.items() if k != "error"} == unit.to_dict()
+
+
+def finished_sidecars(output: str, unit: WorkUnit, digest: str) -> dict[str, Sidecar] | None:
     """The unit's sidecars if its work is complete and intact, else None (redo it)."""
+    index = unit.index
     found = {}
     for split in SPLITS:
         car = read_sidecar(output, split, index)
-        if car is None or car.run_digest != digest:
+        if car is None or car.run_digest != digest or not _same_unit(car.unit, unit):
             return None
         uri = shard_uri(output, split, index)
         check = check_shard(uri, num_bytes=car.num_bytes, sha256=car.sha256)

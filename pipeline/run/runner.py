@@ -115,7 +115,7 @@ def run_pipeline(
         if not storage.exists(tok_uri):
             storage.write_bytes_atomic(tok_uri, tok_text.encode())
         remember_encoder(config.output, tok, info)
-        done = {u.index: finished_sidecars(config.output, u.index, digest) for u in units}
+        done = {u.index: finished_sidecars(config.output, u, digest) for u in units}
         pending = [u for u in units if done[u.index] is None]
         num_tokens, peak_rss = _execute(executor, pending, len(units), config, info, digest,
                                         progress_stream)  # fmt: skip
@@ -231,10 +231,12 @@ def _count_rows(
 
 
 def _skipped_units(sidecars: dict[str, list[Sidecar]]) -> list[dict[str, str]]:
+    """Every file of a unit left out (a unit of several small files lists each)."""
     return [
-        {"path": car.unit["path"], "reason": car.unit["error"]}
+        {"path": part["path"], "reason": car.unit["error"]}
         for car in sidecars["train"]
         if "error" in car.unit
+        for part in [car.unit, *car.unit.get("more", [])]
     ]
 
 

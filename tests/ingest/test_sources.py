@@ -30,20 +30,27 @@ def test_units_cover_every_row_once_in_order(
     groups: list[tuple[int, int]], unit_bytes: int
 ) -> None:
     rows = tuple(g[0] for g in groups)
-    f = InputFile(
-        path="a.parquet",
-        format="parquet",
-        num_bytes=1,
-        num_rows=sum(rows),
-        row_group_rows=rows,
-        row_group_text_bytes=tuple(g[1] for g in groups),
-    )
-    units = plan_units([f, f], unit_bytes)
-    per_file = len(units) // 2
-    covered = [(u.row_start, u.row_end) for u in units[:per_file]]
-    assert covered[0][0] == 0 and covered[-1][1] == sum(rows)
-    for (_, end), (start, _) in itertools.pairwise(covered):
-        assert end == start
+    files = [
+        InputFile(
+            path=name,
+            format="parquet",
+            num_bytes=1,
+            num_rows=sum(rows),
+            row_group_rows=rows,
+            row_group_text_bytes=tuple(g[1] for g in groups),
+        )
+        for name in ("a.parquet", "b.parquet", "c.parquet")
+    ]
+    units = plan_units(files, unit_bytes)
+    parts = [p for u in units for p in u.parts]
+    assert [p.path for p in parts] == sorted(p.path for p in parts), "files in order"
+    for f in files:
+        covered = [(p.row_start, p.row_end) for p in parts if p.path == f.path]
+        assert covered[0][0] == 0 and covered[-1][1] == sum(rows)
+        for (_, end), (start, _) in itertools.pairwise(covered):
+            assert end == start
+        if sum(f.row_group_text_bytes) >= unit_bytes:
+            assert all(len(u.parts) == 1 for u in units if u.path == f.path), "cut, not joined"
     assert [u.index for u in units] == list(range(len(units)))
 
 

@@ -299,3 +299,64 @@ def test_any_column_can_be_the_id(tmp_path: Path, id_column: str) -> None:
     result = run(tmp_path / "in", tmp_path / "out", id_column=id_column, validation_fraction=0.2)
     assert documents(result) == 200
     assert result.manifest["splits"]["validation"]["ledger"]["num_documents"] > 10
+
+
+# §8: many small files cost what their bytes cost
+
+
+def _small_files(folder: Path, count: int, rows_each: int) -> None:
+    for k in range(count):
+        write_docs(folder / f"part-{k:05d}.parquet", k * rows_each, (k + 1) * rows_each)
+
+
+def test_small_files_share_units_and_give_the_bytes_of_one_file(tmp_path: Path) -> None:
+    _small_files(tmp_path / "many", 100, 3)
+    write_docs(tmp_path / "one" / "all.parquet", 0, 300)
+    many = run(tmp_path / "many", tmp_path / "out-many", unit_bytes=1 << 30)
+    one = run(tmp_path / "one", tmp_path / "out-one", unit_bytes=1 << 30)
+    assert many.num_units == one.num_units == 1 and documents(many) == 300
+    for split in ("train", "validation"):
+        shards = [[s["sha256"] for s in r.manifest["splits"][split]["shards"]] for r in (many, one)]
+        assert shards[0] == shards[1], "the same rows in 100 files or in one: the same shards"
+    assert len(list((tmp_path / "out-many").rglob("*"))) == len(
+        list((tmp_path / "out-one").rglob("*"))
+    )
+
+
+def test_small_files_are_planned_up_to_unit_bytes_and_resume(tmp_path: Path) -> None:
+    from pipeline.ingest.sources import describe_input, list_inputs
+    from pipeline.ingest.units import plan_units
+
+    _small_files(tmp_path / "many", 60, 5)
+    described = [
+        describe_input(p, "text", "id") for p in list_inputs((str(tmp_path / "many"),)).files
+    ]
+    sizes = [sum(f.row_group_text_bytes) for f in described]
+    unit_bytes = sum(sizes) // 4
+    units = plan_units(described, unit_bytes)
+    assert 4 <= len(units) <= 5
+    assert [p.path for u in units for p in u.parts] == [f.path for f in described]
+    assert all(u.text_bytes >= unit_bytes for u in units[:-1])
+    out = tmp_path / "out"
+    first = run(tmp_path / "many", out, unit_bytes=unit_bytes)
+    assert first.num_units == len(units) and documents(first) == 300
+    (out / "train" / "shard-00002.arrow").unlink()
+    again = run(tmp_path / "many", out, unit_bytes=unit_bytes)
+    assert again.num_units_run == 1 and again.manifest == first.manifest
+
+
+def test_a_damaged_file_among_small_files_names_itself(tmp_path: Path) -> None:
+    from tests.conftest import damage_a_data_page
+
+    _small_files(tmp_path / "many", 20, 10)
+    big = tmp_path / "big.parquet"
+    pq.write_table(_ROWS.slice(70, 20), big, row_group_size=10)
+    damage_a_data_page(big, tmp_path / "many" / "part-00007.parquet", row_group=1)
+    unit_bytes = sum(p.stat().st_size for p in (tmp_path / "many").iterdir()) // 4
+    with pytest.raises(DataError, match=r"part-00007.parquet: expected readable parquet rows "
+                       r"0-20, found damaged data"):  # fmt: skip
+        run(tmp_path / "many", tmp_path / "out", unit_bytes=unit_bytes)
+    result = run(tmp_path / "many", tmp_path / "out2", unit_bytes=unit_bytes, on_bad_file="skip")
+    skipped = [Path(s["path"]).name for s in result.manifest["skipped_files"]]
+    assert "part-00007.parquet" in skipped and 1 < len(skipped) < 20  # its unit's files, named
+    assert documents(result) == 19 * 10 + 20 - (10 * (len(skipped) - 1) + 20)
