@@ -3,6 +3,7 @@ real file once, names every file it will not read, and refuses an output that ho
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pyarrow as pa
@@ -191,6 +192,16 @@ def test_links_are_read_once_and_loops_survived(tmp_path: Path) -> None:
     assert sorted(Path(i["path"]).name for i in result.manifest["inputs"]) == [
         "a.parquet", "c.parquet",
     ]  # fmt: skip
+
+
+def test_a_file_named_twice_is_read_once(tmp_path: Path) -> None:
+    write_docs(tmp_path / "data" / "a.parquet", 0, 300)
+    (tmp_path / "alias").symlink_to(tmp_path / "data")
+    inputs = (tmp_path / "data", tmp_path / "data" / "a.parquet", tmp_path / "alias" / "a.parquet")
+    config = make_config(tmp_path, BERT, tmp_path / "out", block_size=32)
+    config = dataclasses.replace(config, inputs=tuple(map(str, inputs)))
+    result = run_pipeline(config, LocalExecutor(), progress_stream=None)
+    assert documents(result) == 300 and len(result.manifest["inputs"]) == 1
 
 
 def test_a_spark_output_folder_reads_what_pyarrow_dataset_reads(tmp_path: Path) -> None:
