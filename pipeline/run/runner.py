@@ -251,7 +251,8 @@ def _check_real_work(config: RunConfig, manifest: Manifest) -> None:
             raise DataError(
                 f"--block-size {config.block_size}: expected at least one train block, found "
                 f"none (the train split has {tokens:,} tokens in all, fewer than one block); "
-                "lower --block-size or add input. Nothing was published"
+                "lower --block-size (with --overwrite: this attempt holds the folder) or add "
+                "input. No manifest was published"
             )
         return
     read = sum(led.num_documents for led in ledgers)
@@ -259,9 +260,12 @@ def _check_real_work(config: RunConfig, manifest: Manifest) -> None:
     for led in ledgers:
         for reason, n in led.skipped.items():
             skipped[reason] = skipped.get(reason, 0) + n
+    left_out = len(manifest["skipped_files"])
+    unread = f", and {left_out} files left out as unreadable" if left_out else ""
     raise DataError(
         f"--input {' '.join(config.inputs)}: expected texts in column {config.text_column!r}, "
-        f"found none usable in {read:,} rows (skipped: {skipped}); check --text-column"
+        f"found none usable in {read:,} rows (skipped: {skipped}){unread}; check --text-column"
+        + (" and the files left out (run without --on-bad-file skip to see why)" if unread else "")
     )
 
 

@@ -371,3 +371,19 @@ def test_a_damaged_file_among_small_files_names_itself(tmp_path: Path) -> None:
     skipped = [Path(s["path"]).name for s in result.manifest["skipped_files"]]
     assert "part-00007.parquet" in skipped and 1 < len(skipped) < 20  # its unit's files, named
     assert documents(result) == 19 * 10 + 20 - (10 * (len(skipped) - 1) + 20)
+
+
+def test_an_object_store_prefix_follows_the_same_rules(tmp_path: Path, s3_bucket: str) -> None:
+    from pipeline.ingest.sources import list_inputs
+    from tests.conftest import upload_folder
+
+    spark = tmp_path / "spark"
+    write_docs(spark / "part-0.parquet", 0, 100)
+    write_docs(spark / "_temporary" / "0" / "part-0.parquet", 0, 100)
+    write_docs(spark / ".hive-staging_1" / "part-0.parquet", 0, 100)
+    (spark / "_SUCCESS").write_bytes(b"")
+    (spark / "notes.csv").write_text("a,b\n")
+    upload_folder(spark, f"s3://{s3_bucket}/spark")
+    listing = list_inputs((f"s3://{s3_bucket}/spark",))
+    assert listing.files == [f"s3://{s3_bucket}/spark/part-0.parquet"]
+    assert [e["path"] for e in listing.not_read] == [f"s3://{s3_bucket}/spark/notes.csv"]
