@@ -102,27 +102,23 @@ def _within(path: str, folder: str) -> bool:
 def claim(output: str, identity: dict[str, Any], overwrite: bool) -> str:
     """Record the run in OUT/run.json (or check it matches); returns the run digest.
 
-    Only files a run writes (paths.is_run_file) are ever removed; a folder holding anything
-    else and no earlier run is refused with those files named, --overwrite or not.
+    Only files a run writes (paths.is_run_file) in a folder that is a run's are ever removed;
+    a folder holding anything else and no run is refused with those files named,
+    --overwrite or not.
     """
     digest = digest_of(identity)
     run_uri = storage.join(output, RUN_FILE)
-    own, foreign = _survey(output)
-    previous = _read_run_record(run_uri) if RUN_FILE in own else None
+    own, foreign, previous = _survey(output)
     if previous is not None and previous.get("digest") == digest:
         _remove(output, [r for r in own if is_temporary(r)])  # a killed run's leftovers
     elif own - {LOCK_FILE} or foreign:
-        if previous is None and foreign:
-            raise UsageError(
-                f"--output {output}: expected an empty folder or one of this pipeline's runs, "
-                f"found files that no run of it wrote ({_names(foreign)}); they are never "
-                "removed (--overwrite neither): choose another --output or move them"
-            )
+        if not own - {LOCK_FILE}:
+            _refuse_foreign(output, foreign)
         if not overwrite:
             found = (
                 f"another run there ({describe_difference(previous, identity)})"
                 if previous is not None
-                else f"an earlier run whose {RUN_FILE} is missing or damaged"
+                else f"an earlier run whose {RUN_FILE} is damaged"
             )
             raise UsageError(
                 f"--output {output}: expected an empty folder or one from the same run, "
@@ -135,6 +131,23 @@ def claim(output: str, identity: dict[str, Any], overwrite: bool) -> str:
     return digest
 
 
+def check_claimable(output: str) -> None:
+    """Before the lock file is created: refuse a folder of the user's own files untouched
+    (claim checks again under the lock)."""
+    if storage.exists(output):
+        own, foreign, _ = _survey(output)
+        if foreign and not own - {LOCK_FILE}:
+            _refuse_foreign(output, foreign)
+
+
+def _refuse_foreign(output: str, foreign: list[str]) -> None:
+    raise UsageError(
+        f"--output {output}: expected an empty folder or one of this pipeline's runs, "
+        f"found files that no run of it wrote ({_names(foreign)}); they are never "
+        "removed (--overwrite neither): choose another --output or move them"
+    )
+
+
 def _read_run_record(run_uri: str) -> dict[str, Any] | None:
     """The earlier run's record, or None when run.json is truncated, empty, null or not an
     object (a crash or a hand edit): then only --overwrite can replace that run."""
@@ -145,14 +158,25 @@ def _read_run_record(run_uri: str) -> dict[str, Any] | None:
     return record if isinstance(record, dict) and isinstance(record.get("digest"), str) else None
 
 
-def _survey(output: str) -> tuple[set[str], list[str]]:
-    """(the run's own files, every other file) below OUT, as '/'-separated relative paths."""
+def _survey(output: str) -> tuple[set[str], list[str], dict[str, Any] | None]:
+    """(the run's own files, every other file, the run's record) below OUT, as '/'-separated
+    relative paths.
+
+    Names alone do not make a file the run's: a folder is a run's when its run.json reads, or
+    (damaged) when it sits beside the run's shards or sidecars or beside nothing foreign.
+    Otherwise a `tokenizer.json` or `manifest.json` there is the user's, hence foreign.
+    """
     own, foreign = set(), []
     base = output.rstrip("/")
     for uri in storage.list_files(output, recursive=True):
         relative = uri[len(base) :].lstrip("/").replace(os.sep, "/")
         (own.add(relative) if is_run_file(relative) else foreign.append(relative))
-    return own, foreign
+    previous = _read_run_record(storage.join(output, RUN_FILE)) if RUN_FILE in own else None
+    in_splits = any("/" in r and not is_temporary(r) for r in own)
+    if previous is None and not (RUN_FILE in own and (in_splits or not foreign)):
+        foreign = sorted(foreign + [r for r in own if r != LOCK_FILE])
+        own &= {LOCK_FILE}
+    return own, foreign, previous
 
 
 def _names(relative: list[str], most: int = 5) -> str:

@@ -47,6 +47,7 @@ from pipeline.ingest.units import InputFile, WorkUnit, plan_units
 from pipeline.run.config import RunConfig
 from pipeline.run.encoders import remember_encoder
 from pipeline.run.output_folder import (
+    check_claimable,
     check_output_apart,
     claim,
     exclusive,
@@ -108,6 +109,7 @@ def run_pipeline(
     skipped_files = listing.not_read + skipped_files
     units = plan_units(files, config.unit_bytes)
     inputs = [{"path": f.path, "num_bytes": f.num_bytes, "num_rows": f.num_rows} for f in files]
+    check_claimable(config.output)
     with exclusive(config.output):
         identity = run_identity(config.to_dict(), info.sha256, inputs)
         digest = claim(config.output, identity, overwrite)

@@ -40,12 +40,8 @@ def documents(result: RunResult) -> int:
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file's bytes, but the run's (empty) lock file."""
-    return {
-        str(p.relative_to(folder)): p.read_bytes()
-        for p in folder.rglob("*")
-        if p.is_file() and p.name != ".lock"
-    }
+    """Every file's bytes (a refused run leaves not even its lock file)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
 # §1: --overwrite deletes only what a run of this pipeline wrote
@@ -129,11 +125,46 @@ def test_a_damaged_run_json_is_recovered_by_overwrite(tmp_path: Path, damage: by
     out = tmp_path / "out"
     run(tmp_path / "in", out)
     (out / "run.json").write_bytes(damage)
-    with pytest.raises(UsageError, match=r"found an earlier run whose run.json is missing or "
+    with pytest.raises(UsageError, match=r"found an earlier run whose run.json is "
                        r"damaged; pass --overwrite"):  # fmt: skip
         run(tmp_path / "in", out)
     assert documents(run(tmp_path / "in", out, overwrite=True)) == 300
     assert verify_output(str(out)) == []
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        {"tokenizer.json": "{}", "config.json": "{}"},  # a Hugging Face model folder
+        {"manifest.json": '{"name": "my web app"}'},
+        {"tokenizer.json": "{}"},
+        {"run.json": "{}", "notes.md": "mine"},
+    ],
+)
+def test_files_with_a_runs_names_in_a_users_folder_are_the_users(
+    tmp_path: Path, files: dict[str, str]
+) -> None:
+    write_docs(tmp_path / "in" / "a.parquet")
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    for overwrite in (False, True):
+        with pytest.raises(UsageError, match=r"found files that no run of it wrote"):
+            run(tmp_path / "in", folder, overwrite=overwrite)
+    assert snapshot(folder) == {name: text.encode() for name, text in files.items()}
+
+
+def test_a_damaged_run_json_beside_a_kept_training_run_is_recovered(tmp_path: Path) -> None:
+    write_docs(tmp_path / "in" / "a.parquet")
+    out = tmp_path / "out"
+    run(tmp_path / "in", out)
+    kept = out / "run" / "model" / "tokenizer.json"
+    kept.parent.mkdir(parents=True)
+    kept.write_text("{}")
+    (out / "run.json").write_bytes(b"")
+    assert documents(run(tmp_path / "in", out, overwrite=True)) == 300
+    assert kept.read_text() == "{}"
 
 
 @pytest.mark.parametrize("damage", [b"", b'{"format_', b"null", b"[]"])
