@@ -4,6 +4,10 @@ real file once, names every file it will not read, and refuses an output that ho
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -14,7 +18,7 @@ from pipeline.commands.verification import verify_output
 from pipeline.errors import DataError, UsageError
 from pipeline.format.manifest import load_manifest
 from pipeline.run.runner import LocalExecutor, RunResult, run_pipeline
-from tests.conftest import BERT, DICTWIKI, make_config
+from tests.conftest import BERT, DICTWIKI, REPO, make_config
 
 _ROWS = pq.read_table(DICTWIKI / "train-00000-of-00004.parquet").slice(0, 300)
 
@@ -102,15 +106,33 @@ def test_overwrite_replaces_an_earlier_run_and_keeps_foreign_files(tmp_path: Pat
     assert load_manifest(str(out))["config"]["block_size"] == 16
 
 
+def _killed_while_writing(path: Path) -> Path:
+    """A process killed (SIGKILL) inside storage.write_bytes_atomic, before its rename: the
+    temporary file it leaves, under the name storage really uses."""
+    script = (
+        "import os, signal, sys\n"
+        "from pipeline.format import storage\n"
+        "os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "storage.write_bytes_atomic(sys.argv[1], b'half a shard')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", script, str(path)], env=env, timeout=120)
+    assert done.returncode == -signal.SIGKILL
+    (left,) = [p for p in path.parent.iterdir() if p.name.startswith(f".{path.name}.tmp-")]
+    return left
+
+
 def test_a_killed_runs_temporary_files_are_removed_by_the_rerun(tmp_path: Path) -> None:
     """kill -9 between a shard's temporary write and its rename leaves `.NAME.tmp-PID`."""
     write_docs(tmp_path / "in" / "a.parquet")
     out = tmp_path / "out"
     run(tmp_path / "in", out)
     (out / "manifest.json").unlink()
-    leftovers = [out / "train" / ".shard-00000.arrow.tmp-4242", out / ".manifest.json.tmp-77"]
-    for path in leftovers:
-        path.write_bytes(b"half a shard")
+    leftovers = [
+        _killed_while_writing(out / "train" / "shard-00000.arrow"),
+        _killed_while_writing(out / "manifest.json"),
+    ]
+    assert not (out / "manifest.json").exists()
     foreign = out / "train" / ".my-notes.tmp-1"  # not the temporary of a run file: kept
     foreign.write_text("x")
     assert documents(run(tmp_path / "in", out)) == 300
