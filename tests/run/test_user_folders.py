@@ -385,6 +385,14 @@ def test_small_files_share_units_and_give_the_bytes_of_one_file(tmp_path: Path) 
     assert len(list((tmp_path / "out-many").rglob("*"))) == len(
         list((tmp_path / "out-one").rglob("*"))
     )
+    import json
+
+    import jsonschema
+
+    schema = json.loads((REPO / "schemas" / "sidecar.schema.json").read_text())
+    car = json.loads((tmp_path / "out-many" / "train" / "shard-00000.json").read_text())
+    jsonschema.Draft202012Validator(schema).validate(car)
+    assert len(car["unit"]["more"]) == 99 and car["unit"]["path"].endswith("part-00000.parquet")
 
 
 def test_small_files_are_planned_up_to_unit_bytes_and_resume(tmp_path: Path) -> None:
