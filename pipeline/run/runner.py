@@ -262,7 +262,7 @@ def _check_real_work(config: RunConfig, manifest: Manifest) -> None:
     for led in ledgers:
         for reason, n in led.skipped.items():
             skipped[reason] = skipped.get(reason, 0) + n
-    left_out = len(manifest["skipped_files"])
+    left_out = len(manifest.skipped_files)
     unread = f", and {left_out} files left out as unreadable" if left_out else ""
     raise DataError(
         f"--input {' '.join(config.inputs)}: expected texts in column {config.text_column!r}, "

@@ -83,7 +83,7 @@ def test_concat_packing_holds_exactly_the_tokens_of_auto_tokenizer(
     want = np.concatenate(
         [hf(t)["input_ids"] for t in texts if t and not t.isspace()]
     ).astype(np.uint32)  # fmt: skip
-    train = result.manifest["splits"]["train"]
+    train = result.manifest.to_dict()["splits"]["train"]
     assert train["ledger"]["num_documents_packed"] == 400 and train["num_blocks"] > 100
     got = np.concatenate(
         [ShardReader(str(tmp_path / "out" / s["file"])).read_all().tokens.ravel()

@@ -38,7 +38,7 @@ def run(inputs: Path | str, out: Path, **kw: object) -> RunResult:
 
 
 def documents(result: RunResult) -> int:
-    splits = result.manifest["splits"].values()
+    splits = result.manifest.to_dict()["splits"].values()
     assert all(s["num_blocks"] > 0 for s in splits), "the run saw real work"
     return sum(s["ledger"]["num_documents"] for s in splits)
 
@@ -103,7 +103,7 @@ def test_overwrite_replaces_an_earlier_run_and_keeps_foreign_files(tmp_path: Pat
     result = run(tmp_path / "in", out, block_size=16, overwrite=True)
     assert documents(result) == 300
     assert all(path.read_text() == text for path, text in mine.items())
-    assert load_manifest(str(out))["config"]["block_size"] == 16
+    assert load_manifest(str(out)).block_size == 16
 
 
 def _killed_while_writing(path: Path) -> Path:
@@ -242,7 +242,7 @@ def test_links_are_read_once_and_loops_survived(tmp_path: Path) -> None:
     (data / "c").symlink_to(tmp_path / "elsewhere")
     result = run(data, tmp_path / "out")
     assert documents(result) == 300
-    assert sorted(Path(i["path"]).name for i in result.manifest["inputs"]) == [
+    assert sorted(Path(i["path"]).name for i in result.manifest.to_dict()["inputs"]) == [
         "a.parquet", "c.parquet",
     ]  # fmt: skip
 
@@ -254,7 +254,7 @@ def test_a_file_named_twice_is_read_once(tmp_path: Path) -> None:
     config = make_config(tmp_path, BERT, tmp_path / "out", block_size=32)
     config = dataclasses.replace(config, inputs=tuple(map(str, inputs)))
     result = run_pipeline(config, LocalExecutor(), progress_stream=None)
-    assert documents(result) == 300 and len(result.manifest["inputs"]) == 1
+    assert documents(result) == 300 and len(result.manifest.to_dict()["inputs"]) == 1
 
 
 def test_a_spark_output_folder_reads_what_pyarrow_dataset_reads(tmp_path: Path) -> None:
@@ -292,7 +292,7 @@ def test_every_file_that_will_not_be_read_is_named_before_any_work(tmp_path: Pat
     assert not out.exists() or not any(out.iterdir())
     result = run(data, out, on_bad_file="skip")
     assert documents(result) == 300
-    skipped = {Path(s["path"]).name: s["reason"] for s in result.manifest["skipped_files"]}
+    skipped = {Path(s.path).name: s.reason for s in result.manifest.skipped_files}
     assert skipped == {
         "d.csv": "not a data file (.parquet, .jsonl, .jsonl.zst, .jsonl.gz, .json.gz)",
         "gone.parquet": "a symbolic link to nothing",
@@ -321,8 +321,8 @@ def test_text_columns_of_every_string_type_give_the_same_shards(
     pq.write_table(rows, tmp_path / "plain" / "a.parquet")
     plain = run(tmp_path / "plain", tmp_path / "out-plain")
     for split in ("train", "validation"):
-        got = [s["sha256"] for s in result.manifest["splits"][split]["shards"]]
-        assert got == [s["sha256"] for s in plain.manifest["splits"][split]["shards"]]
+        got = [s["sha256"] for s in result.manifest.to_dict()["splits"][split]["shards"]]
+        assert got == [s["sha256"] for s in plain.manifest.to_dict()["splits"][split]["shards"]]
 
 
 def test_a_zero_row_file_is_counted_and_left_out(tmp_path: Path) -> None:
@@ -331,7 +331,7 @@ def test_a_zero_row_file_is_counted_and_left_out(tmp_path: Path) -> None:
     pq.write_table(empty, tmp_path / "in" / "b.parquet")  # what pandas writes for an empty frame
     result = run(tmp_path / "in", tmp_path / "out")
     assert documents(result) == 100
-    assert result.manifest["skipped_files"] == [
+    assert result.manifest.to_dict()["skipped_files"] == [
         {"path": str(tmp_path / "in" / "b.parquet"), "reason": f"{tmp_path}/in/b.parquet: 0 rows "
          "(counted and left out)"}
     ]  # fmt: skip
@@ -362,7 +362,7 @@ def test_any_column_can_be_the_id(tmp_path: Path, id_column: str) -> None:
     pq.write_table(rows, tmp_path / "in" / "a.parquet")
     result = run(tmp_path / "in", tmp_path / "out", id_column=id_column, validation_fraction=0.2)
     assert documents(result) == 200
-    assert result.manifest["splits"]["validation"]["ledger"]["num_documents"] > 10
+    assert result.manifest.to_dict()["splits"]["validation"]["ledger"]["num_documents"] > 10
 
 
 # §8: many small files cost what their bytes cost
@@ -380,7 +380,7 @@ def test_small_files_share_units_and_give_the_bytes_of_one_file(tmp_path: Path) 
     one = run(tmp_path / "one", tmp_path / "out-one", unit_bytes=1 << 30)
     assert many.num_units == one.num_units == 1 and documents(many) == 300
     for split in ("train", "validation"):
-        shards = [[s["sha256"] for s in r.manifest["splits"][split]["shards"]] for r in (many, one)]
+        shards = [[s.sha256 for s in r.manifest.splits[split].shards] for r in (many, one)]
         assert shards[0] == shards[1], "the same rows in 100 files or in one: the same shards"
     assert len(list((tmp_path / "out-many").rglob("*"))) == len(
         list((tmp_path / "out-one").rglob("*"))
@@ -429,7 +429,7 @@ def test_a_damaged_file_among_small_files_names_itself(tmp_path: Path) -> None:
                        r"0-20, found damaged data"):  # fmt: skip
         run(tmp_path / "many", tmp_path / "out", unit_bytes=unit_bytes)
     result = run(tmp_path / "many", tmp_path / "out2", unit_bytes=unit_bytes, on_bad_file="skip")
-    skipped = [Path(s["path"]).name for s in result.manifest["skipped_files"]]
+    skipped = [Path(s["path"]).name for s in result.manifest.to_dict()["skipped_files"]]
     assert "part-00007.parquet" in skipped and 1 < len(skipped) < 20  # its unit's files, named
     assert documents(result) == 19 * 10 + 20 - (10 * (len(skipped) - 1) + 20)
 
