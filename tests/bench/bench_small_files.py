@@ -50,7 +50,7 @@ def timed_run(corpus: Path, out: Path, executor: Executor) -> tuple[float, int, 
     started = time.perf_counter()
     result = run_pipeline(config, executor, progress_stream=None)
     seconds = time.perf_counter() - started
-    assert result.manifest["splits"]["train"]["num_blocks"] > 0, "real work"
+    assert result.manifest.splits["train"].num_blocks > 0, "real work"
     files = [p for p in out.rglob("*") if p.is_file()]
     digests = {
         str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
