@@ -82,6 +82,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         + f", {result.num_tokens:,} document tokens in {result.seconds:.1f}s "
         f"({result.num_tokens / max(result.seconds, 1e-9) / 1e6:.2f} M tokens/s) -> {config.output}"
     )
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 
@@ -163,7 +165,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit as "Exception ignored"
+        return code
+    except BrokenPipeError:
+        # `pipeline inspect OUT | head`: the reader has all it wants; not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except PipelineError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code

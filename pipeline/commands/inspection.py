@@ -8,6 +8,7 @@ output costs the same memory as a small one. A failed check (ledger, counts, ids
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from typing import Any
 
@@ -25,6 +26,7 @@ from pipeline.format import storage
 from pipeline.format.manifest import Manifest, SplitRecord, TokenizerRecord, load_manifest
 from pipeline.format.paths import TOKENIZER_FILE
 from pipeline.format.shards import ShardReader
+from pipeline.ingest.tokenization import canonical_json
 
 LENGTH_MEANING = (
     "tokens between consecutive document starts in the split's block stream (shards in "
@@ -118,9 +120,8 @@ def summarize(output: str, decode: int = 0, top: int = 20) -> dict[str, Any]:
 def _summarize(output: str, manifest: Manifest, decode: int, top: int) -> dict[str, Any]:
     tokinfo = manifest.tokenizer
     block_size, vocab_size = manifest.block_size, tokinfo.vocab_size
-    tok = Tokenizer.from_str(storage.read_bytes(storage.join(output, TOKENIZER_FILE)).decode())
+    tok, problems = _load_run_tokenizer(output, tokinfo.sha256)
     picks = sample_positions(manifest.num_blocks, decode)
-    problems: list[str] = []
     samples: list[dict[str, Any]] = []
     splits: dict[str, Any] = {}
     base = 0
@@ -165,6 +166,27 @@ def _summarize(output: str, manifest: Manifest, decode: int, top: int) -> dict[s
         "problems": problems,
         "ok": not problems,
     }
+
+
+def _load_run_tokenizer(output: str, sha256: str) -> tuple[Tokenizer, list[str]]:
+    """OUT/tokenizer.json, and a problem when it is not the tokenizer the manifest names (an
+    edited file would decode the samples with the wrong vocabulary)."""
+    uri = storage.join(output, TOKENIZER_FILE)
+    fix = "delete it and rerun the same `pipeline run` command to rewrite it"
+    try:
+        tok = Tokenizer.from_str(storage.read_bytes(uri).decode())
+    except Exception as exc:  # the tokenizers library raises bare Exception on bad JSON
+        raise DataError(
+            f"{uri}: expected the run's tokenizer, found a file that does not load "
+            f"({brief(exc, 120)}); {fix}"
+        ) from exc
+    found = hashlib.sha256(canonical_json(tok).encode()).hexdigest()
+    if found == sha256:
+        return tok, []
+    return tok, [
+        f"{TOKENIZER_FILE}: canonical sha256 {found[:16]}… differs from the manifest's "
+        f"{sha256[:16]}… (samples below are decoded with it); {fix}"
+    ]
 
 
 def split_checks(entry: SplitRecord, scan: SplitScan) -> list[str]:

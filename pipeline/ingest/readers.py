@@ -1,17 +1,19 @@
 """Stream the documents of one work unit, in bounded batches, from parquet or JSON lines.
 
 Parquet: the unit's row range, row group by row group, `BATCH_ROWS` rows at a time (only the
-id and text columns are decoded). JSON lines (`.jsonl`, `.jsonl.zst` through `zstandard`'s
-stream reader): line by line, batches of at most `BATCH_ROWS` lines or `BATCH_BYTES`. Texts
-that are not valid UTF-8 (or hold lone surrogates) come out as an `_Invalid` marker so the
-processor can count them; nothing is dropped silently.
+id and text columns are decoded). JSON lines (`.jsonl`; `.jsonl.zst` through `zstandard`'s
+stream reader; `.jsonl.gz`, `.json.gz` through `gzip`): line by line, batches of at most
+`BATCH_ROWS` lines or `BATCH_BYTES`. Texts that are not valid UTF-8 (or hold lone surrogates)
+come out as an `_Invalid` marker so the processor can count them; nothing is dropped silently.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import io
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -21,7 +23,7 @@ import zstandard
 
 from pipeline.errors import DataError, brief
 from pipeline.format import storage
-from pipeline.ingest.units import WorkUnit
+from pipeline.ingest.units import UnitPart, WorkUnit
 
 BATCH_ROWS = 1000
 BATCH_BYTES = 8 * 1024 * 1024
@@ -38,50 +40,84 @@ class BadInputError(DataError):
 
 
 def read_documents(unit: WorkUnit, text_column: str, id_column: str) -> Iterator[DocumentBatch]:
-    read = _read_parquet if unit.format == "parquet" else _read_jsonl
+    """The unit's documents in order; a unit of many small files comes in batches of up to
+    BATCH_ROWS rows across its files (batch boundaries do not change the output)."""
+    if unit.format != "parquet":
+        yield from _named_errors(unit.format, unit.parts[0], _read_jsonl(unit, text_column,
+                                                                         id_column))  # fmt: skip
+        return
+    ids: list[str | None] = []
+    texts: list[str | None] = []
+    for part in unit.parts:
+        rows = _read_parquet(part, text_column, id_column)
+        for batch in _named_errors(unit.format, part, rows):
+            ids += batch.ids
+            texts += batch.texts
+            if len(texts) >= BATCH_ROWS:
+                yield DocumentBatch(ids, texts)
+                ids, texts = [], []
+    if texts:
+        yield DocumentBatch(ids, texts)
+
+
+def _named_errors(
+    fmt: str, part: UnitPart, batches: Iterator[DocumentBatch]
+) -> Iterator[DocumentBatch]:
     try:
-        yield from read(unit, text_column, id_column)
+        yield from batches
     except BadInputError:
         raise
     except (pa.ArrowException, OSError, EOFError, zstandard.ZstdError) as exc:
-        rows = f"rows {unit.row_start}-{unit.row_end}" if unit.row_end is not None else "lines"
+        rows = f"rows {part.row_start}-{part.row_end}" if part.row_end is not None else "lines"
         raise BadInputError(
-            f"{unit.path}: expected readable {unit.format} {rows}, found damaged data "
+            f"{part.path}: expected readable {fmt} {rows}, found damaged data "
             f"({brief(exc, 160)}); replace the file, or pass --on-bad-file skip to leave "
             "this part out (it is listed in the manifest)"
         ) from exc
 
 
-def _read_parquet(unit: WorkUnit, text_column: str, id_column: str) -> Iterator[DocumentBatch]:
-    fs, inner = storage.resolve(unit.path)
+def open_input_file(path: str) -> pa.NativeFile:
+    """A random-access input file. Local paths skip storage.normalize (a realpath per call:
+    0.25 ms, a quarter of the cost of a 3-row file)."""
+    if storage.is_remote(path):
+        fs, inner = storage.resolve(path)
+        return fs.open_input_file(inner)
+    return pa.OSFile(os.path.abspath(path), "rb")
+
+
+def _read_parquet(unit: UnitPart, text_column: str, id_column: str) -> Iterator[DocumentBatch]:
     assert unit.row_end is not None
-    with fs.open_input_file(inner) as f:
+    columns = list(dict.fromkeys([id_column, text_column]))  # `--id-column text` is one column
+    with open_input_file(unit.path) as f:
         pf = pq.ParquetFile(f)
+        if unit.row_start == 0 and unit.row_end == pf.metadata.num_rows <= BATCH_ROWS:
+            # A small whole file (units join those): one read, no batch iterator per group.
+            table = pf.read(columns=columns, use_threads=False)
+            for batch in table.to_batches():
+                yield _parquet_batch(batch, id_column, text_column)
+            return
         first = 0
         for rg in range(pf.metadata.num_row_groups):
             n_rows = pf.metadata.row_group(rg).num_rows
             lo, hi = max(unit.row_start, first), min(unit.row_end, first + n_rows)
             if lo < hi:
                 row = first
-                batches = pf.iter_batches(
-                    batch_size=BATCH_ROWS, row_groups=[rg], columns=[id_column, text_column]
-                )
+                batches = pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[rg], columns=columns)
                 for batch in batches:
                     a, b = max(lo - row, 0), min(hi - row, batch.num_rows)
                     if a < b:
-                        yield _parquet_batch(batch.slice(a, b - a))
+                        yield _parquet_batch(batch.slice(a, b - a), id_column, text_column)
                     row += batch.num_rows
                     if row >= hi:
                         break
             first += n_rows
 
 
-def _parquet_batch(batch: pa.RecordBatch) -> DocumentBatch:
-    ids = batch.column(0)
-    if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
-        ids = ids.cast(pa.string())
-    keys = ids.to_pylist()
-    texts_col = batch.column(1)
+def _parquet_batch(batch: pa.RecordBatch, id_column: str, text_column: str) -> DocumentBatch:
+    keys = _id_strings(batch.column(id_column))
+    texts_col = batch.column(text_column)
+    if pa.types.is_dictionary(texts_col.type):
+        texts_col = texts_col.dictionary_decode()
     try:
         texts = texts_col.to_pylist()
         return DocumentBatch(keys, texts)
@@ -93,6 +129,19 @@ def _parquet_batch(batch: pa.RecordBatch) -> DocumentBatch:
             except UnicodeDecodeError:
                 texts.append(_INVALID)
         return DocumentBatch(keys, texts)
+
+
+def _id_strings(ids: pa.Array) -> list[str | None]:
+    """Ids as strings, whatever their type: Arrow's cast where it has one (integers give the
+    same strings as before), else Python's str() of each value; nulls stay None."""
+    if pa.types.is_dictionary(ids.type):
+        ids = ids.dictionary_decode()
+    if pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type):
+        return ids.to_pylist()
+    try:
+        return ids.cast(pa.large_string()).to_pylist()
+    except (pa.ArrowException, UnicodeDecodeError):
+        return [None if v is None else str(v) for v in ids.to_pylist()]
 
 
 class _Invalid(str):
@@ -108,12 +157,14 @@ def is_invalid(text: str | None) -> bool:
 
 @contextlib.contextmanager
 def open_lines(path: str, fmt: str) -> Iterator[io.BufferedReader]:
-    """A JSON lines file as a stream of byte lines (zstd decompressed as a stream)."""
+    """A JSON lines file as a stream of byte lines (zstd and gzip decompressed as streams)."""
     fs, inner = storage.resolve(path)
     with fs.open_input_stream(inner, compression=None) as raw:
         stream: io.BufferedIOBase = raw
         if fmt == "jsonl.zst":
             stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        elif fmt == "jsonl.gz":
+            stream = gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
         yield io.BufferedReader(stream, buffer_size=1 << 20)  # type: ignore[arg-type]
 
 

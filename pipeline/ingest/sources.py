@@ -2,14 +2,16 @@
 
 Parquet units are row ranges planned from the footer alone (row-group text sizes), so 26 large
 files still give hundreds of units; a row group larger than the target is cut by rows. JSON
-lines files (`.jsonl`, `.jsonl.zst`) cannot be planned without reading them, so each is one
-unit, read as a stream of bounded line batches. A worker never holds a whole file.
+lines files (`.jsonl`, `.jsonl.zst`, `.jsonl.gz`) cannot be planned without reading them, so each
+is one unit, read as a stream of bounded line batches. A worker never holds a whole file.
 """
 
 from __future__ import annotations
 
 import glob
 import json
+import os
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -17,38 +19,108 @@ import zstandard
 
 from pipeline.errors import DataError, UsageError, brief
 from pipeline.format import storage
-from pipeline.ingest.readers import open_lines
-from pipeline.ingest.units import InputFile, format_of
+from pipeline.ingest.readers import open_input_file, open_lines
+from pipeline.ingest.units import SUFFIXES, InputFile, format_of
+
+DATA_SUFFIXES = ", ".join(SUFFIXES)
 
 
-def list_inputs(inputs: tuple[str, ...]) -> list[str]:
-    """Every input file: paths, folders (recursively) and globs; sorted, without repeats."""
+@dataclass(frozen=True)
+class InputListing:
+    """The files a run reads (real paths, sorted, each once) and those it will not read."""
+
+    files: list[str]
+    not_read: list[dict[str, str]]  # {"path", "reason"}, for the refusal or the manifest
+
+
+def list_inputs(inputs: tuple[str, ...]) -> InputListing:
+    """Every input file: paths, folders (recursively) and globs.
+
+    A path that exists is taken literally (`corpus[1]`, `wiki [en]`); only one that does not
+    is expanded as a glob. In folders, names starting with `_` or `.` are ignored at any depth
+    (Spark's `_temporary/`, `_SUCCESS`, `.hive-staging*`, hidden `.part-*`), as
+    `pyarrow.dataset` does; links are followed, loops survived, and each real file is read
+    once. Every other file that will not be read (another suffix, a dangling link) is listed.
+    """
     found: list[str] = []
+    not_read: list[dict[str, str]] = []
     for item in inputs:
         if storage.is_remote(item):
-            found += _list_remote(item)
+            found += _list_remote(item, not_read)
             continue
-        matches = sorted(glob.glob(item, recursive=True)) if glob.has_magic(item) else [item]
-        if not matches or not storage.exists(matches[0]):
+        literal = os.path.lexists(item)
+        matches = [item] if literal else sorted(glob.glob(item, recursive=True))
+        if not matches:
+            tried = " (tried as a glob too: no match)" if glob.has_magic(item) else ""
             raise UsageError(
                 f"--input {item}: expected a parquet/jsonl file, a folder or a glob, found "
-                "nothing there; check the path"
+                f"nothing there{tried}; check the path"
             )
         for match in matches:
-            if storage.is_dir(match):
-                found += [p for p in storage.list_files(match, recursive=True) if format_of(p)]
+            if os.path.isdir(match):
+                found += _walk(match, not_read)
+            elif not os.path.exists(match):
+                raise UsageError(
+                    f"--input {match}: expected a file, found a symbolic link to nothing; fix "
+                    "the link or leave it out of --input"
+                )
             else:
-                found.append(storage.normalize(match))
+                found.append(os.path.realpath(match))
     files = sorted(set(found))
     if not files:
+        unread = f" ({_describe(not_read)})" if not_read else ""
         raise UsageError(
-            f"--input {' '.join(inputs)}: expected .parquet, .jsonl or .jsonl.zst files, "
-            "found none; point --input at the data files or their folder"
+            f"--input {' '.join(inputs)}: expected {DATA_SUFFIXES} files, found none"
+            f"{unread}; point --input at the data files or their folder"
         )
+    return InputListing(files=files, not_read=not_read)
+
+
+def _ignored(name: str) -> bool:
+    return name.startswith(("_", "."))
+
+
+def _walk(folder: str, not_read: list[dict[str, str]]) -> list[str]:
+    """Real paths of the data files below a local folder (links followed, each folder once)."""
+    files: list[str] = []
+    seen: set[str] = set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # a link loop, or a folder reached twice through links
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not _ignored(d))
+        for name in sorted(n for n in names if not _ignored(n)):
+            path = os.path.join(root, name)
+            if not os.path.exists(path):
+                not_read.append({"path": path, "reason": "a symbolic link to nothing"})
+            elif not os.path.isfile(path):
+                not_read.append({"path": path, "reason": "not a regular file"})
+            elif format_of(name) is None:
+                not_read.append({"path": path, "reason": f"not a data file ({DATA_SUFFIXES})"})
+            else:
+                files.append(os.path.realpath(path))
     return files
 
 
-def _list_remote(uri: str) -> list[str]:
+def _describe(not_read: list[dict[str, str]], most: int = 4) -> str:
+    named = "; ".join(f"{e['path']}: {e['reason']}" for e in not_read[:most])
+    return named + (f"; and {len(not_read) - most} more" if len(not_read) > most else "")
+
+
+def refuse_unread(not_read: list[dict[str, str]]) -> None:
+    """Under --on-bad-file fail, files a folder holds that will not be read stop the run."""
+    if not_read:
+        raise DataError(
+            f"--input: expected only data files in the input folders, found {len(not_read)} "
+            f"that will not be read ({_describe(not_read)}); point --input at the data files "
+            "(a path or a glob), or pass --on-bad-file skip to leave them out (listed in the "
+            "manifest)"
+        )
+
+
+def _list_remote(uri: str, not_read: list[dict[str, str]]) -> list[str]:
     if format_of(uri):
         if not storage.exists(uri):
             raise UsageError(
@@ -56,10 +128,18 @@ def _list_remote(uri: str) -> list[str]:
                 "(globs are not expanded on object storage: pass the folder instead)"
             )
         return [uri]
-    files = [p for p in storage.list_files(uri, recursive=True) if format_of(p)]
+    files = []
+    base = uri.rstrip("/") + "/"
+    for path in storage.list_files(uri, recursive=True):
+        if any(_ignored(part) for part in path[len(base) :].split("/")):
+            continue
+        if format_of(path):
+            files.append(path)
+        else:
+            not_read.append({"path": path, "reason": f"not a data file ({DATA_SUFFIXES})"})
     if not files:
         raise UsageError(
-            f"--input {uri}: expected .parquet or .jsonl(.zst) objects under it, found none; "
+            f"--input {uri}: expected {DATA_SUFFIXES} objects under it, found none; "
             "check the prefix (globs are not expanded on object storage)"
         )
     return files
@@ -70,27 +150,21 @@ def describe_input(path: str, text_column: str, id_column: str) -> InputFile:
     fmt = format_of(path)
     if fmt is None:
         raise DataError(
-            f"{path}: expected a .parquet, .jsonl or .jsonl.zst file, found another suffix; "
+            f"{path}: expected a data file ({DATA_SUFFIXES}), found another suffix; "
             "rename it or leave it out of --input"
         )
-    num_bytes = storage.size_of(path)
     if fmt != "parquet":
         _check_jsonl_fields(path, fmt, text_column)
-        return InputFile(path=path, format=fmt, num_bytes=num_bytes, num_rows=None)
-    meta = _parquet_metadata(path)
+        return InputFile(path=path, format=fmt, num_bytes=storage.size_of(path), num_rows=None)
+    meta, num_bytes = _parquet_metadata(path)
+    if meta.num_rows == 0:
+        raise EmptyInputError(f"{path}: 0 rows (counted and left out)")
     schema = meta.schema.to_arrow_schema()
     _check_column(path, schema, text_column, "text", "--text-column")
     if id_column not in schema.names:
         raise DataError(
             f"{path}: expected an id column {id_column!r}, found columns {schema.names}; "
             "pass --id-column with the column that names each document"
-        )
-    id_type = schema.field(id_column).type
-    if not (pa.types.is_string(id_type) or pa.types.is_large_string(id_type)
-            or pa.types.is_integer(id_type)):  # fmt: skip
-        raise DataError(
-            f"{path}: expected the id column {id_column!r} to hold strings or integers, found "
-            f"{id_type}; pass --id-column with a column that names each document"
         )
     text_index = schema.get_field_index(text_column)
     rows, text_bytes = [], []
@@ -115,7 +189,7 @@ def _check_jsonl_fields(path: str, fmt: str, text_column: str) -> None:
         with open_lines(path, fmt) as lines:
             first = next((line for line in lines if line.strip()), b"")
             obj = json.loads(first) if first else {}
-    except (OSError, ValueError, zstandard.ZstdError) as exc:
+    except (OSError, EOFError, ValueError, zstandard.ZstdError) as exc:
         raise DataError(
             f"{path}: expected JSON lines, found a file whose first line does not read "
             f"({brief(exc)}); replace it, or pass --on-bad-file skip to leave it out"
@@ -128,11 +202,11 @@ def _check_jsonl_fields(path: str, fmt: str, text_column: str) -> None:
         )
 
 
-def _parquet_metadata(path: str) -> pq.FileMetaData:
-    fs, inner = storage.resolve(path)
+def _parquet_metadata(path: str) -> tuple[pq.FileMetaData, int]:
+    """The footer and the file's size, from one open."""
     try:
-        with fs.open_input_file(inner) as f:
-            return pq.ParquetFile(f).metadata
+        with open_input_file(path) as f:
+            return pq.ParquetFile(f).metadata, f.size()
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(
             f"{path}: expected a parquet file, found one whose footer does not read "
@@ -148,8 +222,20 @@ def _check_column(path: str, schema: pa.Schema, name: str, role: str, flag: str)
             f"pass {flag} with the right column"
         )
     typ = schema.field(name).type
-    if not (pa.types.is_string(typ) or pa.types.is_large_string(typ)):
+    if not is_text_type(typ):
         raise DataError(
-            f"{path}: expected column {name!r} to be a string, found {typ}; "
-            f"pass {flag} with a string column"
+            f"{path}: expected column {name!r} to hold text (string, large_string, string_view "
+            f"or dictionary of strings), found {typ}; pass {flag} with a text column"
         )
+
+
+def is_text_type(typ: pa.DataType) -> bool:
+    """What users' writers produce for text: pandas' category and polars' Categorical are
+    dictionary<string>, polars and DuckDB may write string_view."""
+    if pa.types.is_dictionary(typ):
+        typ = typ.value_type
+    return pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_string_view(typ)
+
+
+class EmptyInputError(DataError):
+    """A file without rows: nothing to lose, so it is left out and listed, never refused."""

@@ -10,6 +10,7 @@ puts around one sequence, so `prefix + encode(text, add_special_tokens=False) + 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import itertools
 import json
 from dataclasses import dataclass
@@ -83,14 +84,18 @@ def _load_folder(folder: Path) -> Tokenizer:
             f"--tokenizer {folder}: expected tokenizer.json (or a SentencePiece *.model) in "
             "the folder, found neither; pass a Hugging Face model folder or a tokenizer.json"
         )
-    try:
-        from transformers import AutoTokenizer
-    except ImportError as exc:
+    missing = [pip for module, pip in _CONVERTERS if not _importable(module)]
+    if missing:
+        # Checked first: without them transformers falls back to a misleading "tiktoken is
+        # required" error (transformers 5.x).
         raise UsageError(
-            f"--tokenizer {folder}: found only a SentencePiece model, which needs "
-            "`transformers` to convert; run `pip install transformers sentencepiece protobuf` "
+            f"--tokenizer {folder}: expected the packages that convert a SentencePiece model "
+            f"(transformers, sentencepiece, protobuf), found {', '.join(missing)} missing; run "
+            "`pip install '.[train]'` (or `pip install transformers sentencepiece protobuf`), "
             "or save the folder once with tokenizer.save_pretrained() to get tokenizer.json"
-        ) from exc
+        )
+    from transformers import AutoTokenizer
+
     try:
         hf = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
         return Tokenizer.from_str(hf.backend_tokenizer.to_str())
@@ -100,6 +105,21 @@ def _load_folder(folder: Path) -> Tokenizer:
             f"to a fast tokenizer, found one it cannot load ({brief(exc)}); check the folder "
             "(tokenizer_config.json, *.model) or pass a tokenizer.json"
         ) from exc
+
+
+_CONVERTERS = (
+    ("transformers", "transformers"),
+    ("sentencepiece", "sentencepiece"),
+    ("google.protobuf", "protobuf"),
+)
+
+
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
 
 
 def canonical_json(tok: Tokenizer) -> str:

@@ -2,8 +2,10 @@
 
 Pure: no I/O. `sources.py` describes the files (from parquet footers), `readers.py` streams a
 unit's rows, and the runners hand units to `run/process.py`. A unit is a row range of one file,
-numbered in input order, so unit numbers (and the shard names derived from them) depend on the
-inputs and `--unit-bytes` only.
+or a run of consecutive whole parquet files each smaller than `--unit-bytes` (so 1,000 files of
+3 rows cost what their bytes cost, not 1,000 units and 4,000 files), numbered in input order:
+unit numbers (and the shard names derived from them) depend on the inputs and `--unit-bytes`
+only.
 """
 
 from __future__ import annotations
@@ -11,7 +13,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-SUFFIXES = {".parquet": "parquet", ".jsonl": "jsonl", ".jsonl.zst": "jsonl.zst"}
+SUFFIXES = {
+    ".parquet": "parquet",
+    ".jsonl": "jsonl",
+    ".jsonl.zst": "jsonl.zst",
+    ".jsonl.gz": "jsonl.gz",
+    ".json.gz": "jsonl.gz",  # how dataset dumps ship JSON lines
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,6 +33,19 @@ class InputFile:
 
 
 @dataclass(frozen=True, kw_only=True)
+class UnitPart:
+    """Rows row_start..row_end of one file (row_end None: to the end of the file)."""
+
+    path: str
+    row_start: int
+    row_end: int | None
+
+    def __post_init__(self) -> None:
+        if self.row_end is not None and self.row_end < self.row_start:
+            raise ValueError(f"{self.path}: row_end {self.row_end} < {self.row_start}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class WorkUnit:
     index: int
     path: str
@@ -32,31 +53,62 @@ class WorkUnit:
     row_start: int
     row_end: int | None  # None: to the end of the file
     text_bytes: int
+    more: tuple[UnitPart, ...] = ()  # further whole files of the same format, read in order
 
     def __post_init__(self) -> None:
         if self.row_end is not None and self.row_end < self.row_start:
             raise ValueError(f"unit {self.index}: row_end {self.row_end} < {self.row_start}")
 
+    @property
+    def parts(self) -> tuple[UnitPart, ...]:
+        first = UnitPart(path=self.path, row_start=self.row_start, row_end=self.row_end)
+        return (first, *self.more)
+
     def to_dict(self) -> dict[str, object]:
-        return {
+        record: dict[str, object] = {
             "index": self.index,
             "path": self.path,
             "row_start": self.row_start,
             "row_end": self.row_end,
         }
+        if self.more:
+            record["more"] = [
+                {"path": p.path, "row_start": p.row_start, "row_end": p.row_end} for p in self.more
+            ]
+        return record
 
 
 def format_of(path: str) -> str | None:
+    """The input format a file name says (`b.PARQUET` too: suffixes ignore case), or None."""
+    name = path.lower()
     for suffix, fmt in sorted(SUFFIXES.items(), key=lambda kv: -len(kv[0])):
-        if path.endswith(suffix):
+        if name.endswith(suffix):
             return fmt
     return None
 
 
 def plan_units(files: list[InputFile], unit_bytes: int) -> list[WorkUnit]:
-    """Consecutive row ranges of about unit_bytes of text each; units never cross files."""
+    """Consecutive row ranges of about unit_bytes of text each. A parquet file with less text
+    than that joins the consecutive small files before it in one unit, up to unit_bytes."""
     units: list[WorkUnit] = []
+    group: list[InputFile] = []
+    group_bytes = 0
+
+    def close_group() -> None:
+        nonlocal group_bytes
+        if group:
+            units.append(_files_unit(len(units), group))
+            group.clear()
+            group_bytes = 0
+
     for f in files:
+        if f.format == "parquet" and sum(f.row_group_text_bytes) < unit_bytes:
+            group.append(f)
+            group_bytes += sum(f.row_group_text_bytes)
+            if group_bytes >= unit_bytes:
+                close_group()
+            continue
+        close_group()
         if f.format != "parquet":
             units.append(
                 WorkUnit(
@@ -88,7 +140,22 @@ def plan_units(files: list[InputFile], unit_bytes: int) -> list[WorkUnit]:
             units.append(_parquet_unit(len(units), f, start, row, acc))
         if not pieces:
             units.append(_parquet_unit(len(units), f, 0, 0, 0))
+    close_group()
     return units
+
+
+def _files_unit(index: int, files: list[InputFile]) -> WorkUnit:
+    """Whole parquet files, in order, as one unit (one file: the same unit as before)."""
+    first, rest = files[0], files[1:]
+    return WorkUnit(
+        index=index,
+        path=first.path,
+        format="parquet",
+        row_start=0,
+        row_end=first.num_rows,
+        text_bytes=sum(sum(f.row_group_text_bytes) for f in files),
+        more=tuple(UnitPart(path=f.path, row_start=0, row_end=f.num_rows) for f in rest),
+    )
 
 
 def _parquet_unit(index: int, f: InputFile, lo: int, hi: int, text_bytes: int) -> WorkUnit:

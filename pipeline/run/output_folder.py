@@ -1,9 +1,11 @@
 """The output folder's life cycle: claim it for a run, find finished units, clean on overwrite.
 
 `OUT/run.json` records the run's identity (config, tokenizer, inputs) when a run starts. A
-rerun with the same identity resumes; a different one is refused with the difference named,
-unless --overwrite, which removes the old run's files first. A unit is finished when each
-split's sidecar carries this run's digest and its shard has the recorded size and sha256.
+rerun with the same identity resumes (removing its own leftover temporary files); a different
+one is refused with the difference named, unless --overwrite, which removes the old run's files
+first. Files no run wrote are never removed: a folder holding them and no run is refused.
+A unit is finished when each split's sidecar carries this run's digest and its shard has the
+recorded size and sha256.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 from collections.abc import Iterator
-from glob import has_magic as glob_chars
 from pathlib import Path
 from typing import Any
 
@@ -21,21 +23,14 @@ import tokenizers
 
 from pipeline import FORMAT_VERSION, __version__
 from pipeline.core.split import SPLITS
-from pipeline.errors import UsageError
+from pipeline.errors import DataError, UsageError
 from pipeline.format import storage
 from pipeline.format.integrity import check_shard
 from pipeline.format.locks import exclusive as exclusive_lock
-from pipeline.format.paths import (
-    LOCK_FILE,
-    MANIFEST_NAME,
-    RUN_FILE,
-    TIMINGS_FILE,
-    TOKENIZER_FILE,
-    shard_uri,
-)
+from pipeline.format.paths import LOCK_FILE, RUN_FILE, is_run_file, is_temporary, shard_uri
 from pipeline.format.records import read_json, write_json_atomic
 from pipeline.format.sidecars import Sidecar, read_sidecar
-from pipeline.ingest.units import format_of
+from pipeline.ingest.units import WorkUnit
 
 
 def run_identity(config: dict[str, Any], tokenizer_sha256: str, inputs: list[dict]) -> dict:
@@ -51,7 +46,7 @@ def run_identity(config: dict[str, Any], tokenizer_sha256: str, inputs: list[dic
         "tokenizers": tokenizers.__version__,
         "pyarrow": pa.__version__,
     }
-    stamped = [{**i, "mtime_ns": storage.mtime_ns(i["path"])} for i in inputs]
+    stamped = [{**i, "mtime_ns": _mtime_ns(i["path"])} for i in inputs]
     return {
         "config": config,
         "tokenizer_sha256": tokenizer_sha256,
@@ -60,48 +55,138 @@ def run_identity(config: dict[str, Any], tokenizer_sha256: str, inputs: list[dic
     }
 
 
+def _mtime_ns(path: str) -> int | None:
+    """os.stat locally (the same nanoseconds as pyarrow's, without a realpath per file)."""
+    return storage.mtime_ns(path) if storage.is_remote(path) else os.stat(path).st_mtime_ns
+
+
 def digest_of(identity: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
-def check_not_inside_inputs(output: str, inputs: tuple[str, ...]) -> None:
-    out = storage.normalize(output).rstrip("/") + "/"
+def check_output_apart(output: str, inputs: tuple[str, ...], files: list[str]) -> None:
+    """Refuse an output folder that is, holds or sits inside an input (real paths compared;
+    `files` are list_inputs' real paths).
+
+    Inside an input folder, a rerun would read its own shards; holding an input (the input's
+    parent or any ancestor), --overwrite or a later cleanup could touch the user's data.
+    """
+    if storage.exists(output) and not storage.is_dir(output):
+        raise UsageError(
+            f"--output {output}: expected a folder, found a file; choose a folder name "
+            "(it is created if missing)"
+        )
+    out = _real(output)
     for item in inputs:
-        if glob_chars(item) or format_of(item):
-            continue  # a file or a glob, not a folder the output could sit in
-        folder = storage.normalize(item).rstrip("/") + "/"
-        if out.startswith(folder):
+        if storage.is_dir(item) and _within(out, _real(item)):
             raise UsageError(
                 f"--output {output}: expected a folder outside the input folder {item}, found "
                 "it inside; a rerun would read its own shards. Choose another --output"
             )
+    for path in files:  # real paths already (list_inputs resolves links)
+        if _within(path, out):
+            raise UsageError(
+                f"--output {output}: expected a folder that holds no input, found the input "
+                f"{path} inside it; choose an --output outside the inputs' folders"
+            )
+
+
+def _real(uri: str) -> str:
+    return uri.rstrip("/") if storage.is_remote(uri) else os.path.realpath(storage.normalize(uri))
+
+
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
 def claim(output: str, identity: dict[str, Any], overwrite: bool) -> str:
-    """Record the run in OUT/run.json (or check it matches); returns the run digest."""
+    """Record the run in OUT/run.json (or check it matches); returns the run digest.
+
+    Only files a run writes (paths.is_run_file) in a folder that is a run's are ever removed;
+    a folder holding anything else and no run is refused with those files named,
+    --overwrite or not.
+    """
     digest = digest_of(identity)
     run_uri = storage.join(output, RUN_FILE)
-    if storage.exists(run_uri):
-        previous = read_json(run_uri)
-        if previous.get("digest") != digest:
-            if not overwrite:
-                raise UsageError(
-                    f"--output {output}: expected an empty folder or one from the same run, "
-                    f"found another run there ({describe_difference(previous, identity)}); "
-                    "pass --overwrite to replace it or choose another --output"
-                )
-            remove_run(output)
-    elif _has_foreign_files(output):
+    own, foreign, previous = _survey(output)
+    if previous is not None and previous.get("digest") == digest:
+        _remove(output, [r for r in own if is_temporary(r)])  # a killed run's leftovers
+    elif own - {LOCK_FILE} or foreign:
+        if not own - {LOCK_FILE}:
+            _refuse_foreign(output, foreign)
         if not overwrite:
-            raise UsageError(
-                f"--output {output}: expected an empty folder, found files that no run of this "
-                "pipeline wrote; pass --overwrite to replace them or choose another --output"
+            found = (
+                f"another run there ({describe_difference(previous, identity)})"
+                if previous is not None
+                else f"an earlier run whose {RUN_FILE} is damaged"
             )
-        remove_run(output)
+            raise UsageError(
+                f"--output {output}: expected an empty folder or one from the same run, "
+                f"found {found}; pass --overwrite to replace it or choose another --output"
+            )
+        _remove(output, [r for r in own if r != LOCK_FILE])
     storage.make_dirs(output)
-    if not storage.exists(run_uri):
+    if previous is None or previous.get("digest") != digest:
         write_json_atomic(run_uri, {"digest": digest, **identity})
     return digest
+
+
+def check_claimable(output: str) -> None:
+    """Before the lock file is created: refuse a folder of the user's own files untouched
+    (claim checks again under the lock)."""
+    if storage.exists(output):
+        own, foreign, _ = _survey(output)
+        if foreign and not own - {LOCK_FILE}:
+            _refuse_foreign(output, foreign)
+
+
+def _refuse_foreign(output: str, foreign: list[str]) -> None:
+    raise UsageError(
+        f"--output {output}: expected an empty folder or one of this pipeline's runs, "
+        f"found files that no run of it wrote ({_names(foreign)}); they are never "
+        "removed (--overwrite neither): choose another --output or move them"
+    )
+
+
+def _read_run_record(run_uri: str) -> dict[str, Any] | None:
+    """The earlier run's record, or None when run.json is truncated, empty, null or not an
+    object (a crash or a hand edit): then only --overwrite can replace that run."""
+    try:
+        record = read_json(run_uri)
+    except DataError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("digest"), str) else None
+
+
+def _survey(output: str) -> tuple[set[str], list[str], dict[str, Any] | None]:
+    """(the run's own files, every other file, the run's record) below OUT, as '/'-separated
+    relative paths.
+
+    Names alone do not make a file the run's: a folder is a run's when its run.json reads, or
+    (damaged) when it sits beside the run's shards or sidecars or beside nothing foreign.
+    Otherwise a `tokenizer.json` or `manifest.json` there is the user's, hence foreign.
+    """
+    own, foreign = set(), []
+    base = output.rstrip("/")
+    for uri in storage.list_files(output, recursive=True):
+        relative = uri[len(base) :].lstrip("/").replace(os.sep, "/")
+        (own.add(relative) if is_run_file(relative) else foreign.append(relative))
+    previous = _read_run_record(storage.join(output, RUN_FILE)) if RUN_FILE in own else None
+    in_splits = any("/" in r and not is_temporary(r) for r in own)
+    if previous is None and not (RUN_FILE in own and (in_splits or not foreign)):
+        foreign = sorted(foreign + [r for r in own if r != LOCK_FILE])
+        own &= {LOCK_FILE}
+    return own, foreign, previous
+
+
+def _names(relative: list[str], most: int = 5) -> str:
+    more = f" and {len(relative) - most} more" if len(relative) > most else ""
+    return ", ".join(relative[:most]) + more
+
+
+def _remove(output: str, relative: list[str]) -> None:
+    for name in sorted(relative):
+        storage.remove(storage.join(output, name))
 
 
 def describe_difference(previous: dict[str, Any], identity: dict[str, Any]) -> str:
@@ -121,12 +206,6 @@ def describe_difference(previous: dict[str, Any], identity: dict[str, Any]) -> s
         if old_v.get(name) != new_v[name]
     ]
     return "; ".join(diffs)
-
-
-def _has_foreign_files(output: str) -> bool:
-    if not storage.exists(output):
-        return False
-    return any(not uri.endswith("/" + LOCK_FILE) for uri in storage.list_files(output, True))
 
 
 @contextlib.contextmanager
@@ -150,25 +229,18 @@ def exclusive(output: str) -> Iterator[None]:
         yield
 
 
-RUN_FILES = (MANIFEST_NAME, RUN_FILE, TOKENIZER_FILE, TIMINGS_FILE)
+def _same_unit(recorded: dict[str, Any], unit: WorkUnit) -> bool:
+    """Did the sidecar come from this very unit (the plan of the code that wrote it)?"""
+    return {k: v for k, v in recorded.items() if k != "error"} == unit.to_dict()
 
 
-def remove_run(output: str) -> None:
-    """Delete what a run writes: its top-level files and the split folders, nothing else
-    (a training run kept in OUT/run/ has files of the same names)."""
-    for uri in storage.list_files(output, recursive=True):
-        relative = uri[len(output) :].lstrip("/")
-        top = relative.split("/", 1)[0]
-        if relative in RUN_FILES or (top in SPLITS and "/" in relative):
-            storage.remove(uri)
-
-
-def finished_sidecars(output: str, index: int, digest: str) -> dict[str, Sidecar] | None:
+def finished_sidecars(output: str, unit: WorkUnit, digest: str) -> dict[str, Sidecar] | None:
     """The unit's sidecars if its work is complete and intact, else None (redo it)."""
+    index = unit.index
     found = {}
     for split in SPLITS:
         car = read_sidecar(output, split, index)
-        if car is None or car.run_digest != digest:
+        if car is None or car.run_digest != digest or not _same_unit(car.unit, unit):
             return None
         uri = shard_uri(output, split, index)
         check = check_shard(uri, num_bytes=car.num_bytes, sha256=car.sha256)

@@ -31,7 +31,12 @@ from pipeline.format.manifest import (
 from pipeline.format.paths import TIMINGS_FILE, TOKENIZER_FILE
 from pipeline.format.records import write_json_atomic
 from pipeline.format.sidecars import Sidecar, read_sidecar
-from pipeline.ingest.sources import describe_input, list_inputs
+from pipeline.ingest.sources import (
+    EmptyInputError,
+    describe_input,
+    list_inputs,
+    refuse_unread,
+)
 from pipeline.ingest.tokenization import (
     TokenizerInfo,
     canonical_json,
@@ -42,7 +47,8 @@ from pipeline.ingest.units import InputFile, WorkUnit, plan_units
 from pipeline.run.config import RunConfig
 from pipeline.run.encoders import remember_encoder
 from pipeline.run.output_folder import (
-    check_not_inside_inputs,
+    check_claimable,
+    check_output_apart,
     claim,
     exclusive,
     finished_sidecars,
@@ -78,6 +84,7 @@ class RunResult:
     num_units_run: int
     seconds: float
     num_tokens: int
+    notes: tuple[str, ...] = ()  # said once by the CLI: things the user will want to know
 
 
 def run_pipeline(
@@ -89,15 +96,20 @@ def run_pipeline(
 ) -> RunResult:
     started = time.monotonic()
     config = with_absolute_paths(config)
+    listing = list_inputs(config.inputs)
+    paths = listing.files
+    check_output_apart(config.output, config.inputs, paths)
+    if config.on_bad_file == "fail":
+        refuse_unread(listing.not_read)
     tok = load_tokenizer(config.tokenizer)
     tok_text = canonical_json(tok)
     info = describe_tokenizer(tok, config.dtype, config.tokenizer, canonical=tok_text)
     pack_spec(config, info)  # fail early if framed packing is impossible
-    paths = list_inputs(config.inputs)
-    check_not_inside_inputs(config.output, config.inputs)
     files, skipped_files = _describe_inputs(paths, config)
+    skipped_files = listing.not_read + skipped_files
     units = plan_units(files, config.unit_bytes)
     inputs = [{"path": f.path, "num_bytes": f.num_bytes, "num_rows": f.num_rows} for f in files]
+    check_claimable(config.output)
     with exclusive(config.output):
         identity = run_identity(config.to_dict(), info.sha256, inputs)
         digest = claim(config.output, identity, overwrite)
@@ -105,7 +117,7 @@ def run_pipeline(
         if not storage.exists(tok_uri):
             storage.write_bytes_atomic(tok_uri, tok_text.encode())
         remember_encoder(config.output, tok, info)
-        done = {u.index: finished_sidecars(config.output, u.index, digest) for u in units}
+        done = {u.index: finished_sidecars(config.output, u, digest) for u in units}
         pending = [u for u in units if done[u.index] is None]
         num_tokens, peak_rss = _execute(executor, pending, len(units), config, info, digest,
                                         progress_stream)  # fmt: skip
@@ -130,6 +142,17 @@ def run_pipeline(
         num_units_run=len(pending),
         seconds=seconds,
         num_tokens=num_tokens,
+        notes=_notes(config, info),
+    )
+
+
+def _notes(config: RunConfig, info: TokenizerInfo) -> tuple[str, ...]:
+    if info.special_ids.get("mask") is not None:
+        return ()
+    return (
+        f"tokenizer {config.tokenizer} has no mask token ([MASK] or <mask>): the shards are "
+        "fine, but MLM training (`pipeline train`) will need one; add it to the tokenizer "
+        "(tokenizer.add_special_tokens) and rerun with that tokenizer",
     )
 
 
@@ -210,26 +233,41 @@ def _count_rows(
 
 
 def _skipped_units(sidecars: dict[str, list[Sidecar]]) -> list[dict[str, str]]:
+    """Every file of a unit left out (a unit of several small files lists each)."""
     return [
-        {"path": car.unit["path"], "reason": car.unit["error"]}
+        {"path": part["path"], "reason": car.unit["error"]}
         for car in sidecars["train"]
         if "error" in car.unit
+        for part in [car.unit, *car.unit.get("more", [])]
     ]
 
 
 def _check_real_work(config: RunConfig, manifest: Manifest) -> None:
-    """A run that packed no document at all is a mistake (wrong column?), not a dataset."""
+    """A run that packed no document at all is a mistake (wrong column?), not a dataset; nor is
+    one whose train split holds no block (a block size larger than the corpus)."""
     ledgers = [split.ledger for split in manifest.splits.values()]
     if sum(led.num_documents_packed for led in ledgers):
+        train = manifest.splits["train"]
+        if train.num_blocks == 0:
+            tokens = train.ledger.num_document_tokens + train.ledger.num_special_tokens
+            raise DataError(
+                f"--block-size {config.block_size}: expected at least one train block, found "
+                f"none (the train split has {tokens:,} tokens in all, fewer than one block); "
+                "lower --block-size (with --overwrite: this attempt holds the folder) or add "
+                "input. No manifest was published"
+            )
         return
     read = sum(led.num_documents for led in ledgers)
     skipped: dict[str, int] = {}
     for led in ledgers:
         for reason, n in led.skipped.items():
             skipped[reason] = skipped.get(reason, 0) + n
+    left_out = len(manifest.skipped_files)
+    unread = f", and {left_out} files left out as unreadable" if left_out else ""
     raise DataError(
         f"--input {' '.join(config.inputs)}: expected texts in column {config.text_column!r}, "
-        f"found none usable in {read:,} rows (skipped: {skipped}); check --text-column"
+        f"found none usable in {read:,} rows (skipped: {skipped}){unread}; check --text-column"
+        + (" and the files left out (run without --on-bad-file skip to see why)" if unread else "")
     )
 
 
@@ -264,6 +302,8 @@ def _describe_inputs(paths: list[str], config: RunConfig) -> tuple[list[InputFil
     for path in paths:
         try:
             files.append(describe_input(path, config.text_column, config.id_column))
+        except EmptyInputError as exc:
+            skipped.append({"path": path, "reason": str(exc)})
         except DataError as exc:
             if config.on_bad_file == "fail":
                 raise

@@ -30,25 +30,32 @@ def test_units_cover_every_row_once_in_order(
     groups: list[tuple[int, int]], unit_bytes: int
 ) -> None:
     rows = tuple(g[0] for g in groups)
-    f = InputFile(
-        path="a.parquet",
-        format="parquet",
-        num_bytes=1,
-        num_rows=sum(rows),
-        row_group_rows=rows,
-        row_group_text_bytes=tuple(g[1] for g in groups),
-    )
-    units = plan_units([f, f], unit_bytes)
-    per_file = len(units) // 2
-    covered = [(u.row_start, u.row_end) for u in units[:per_file]]
-    assert covered[0][0] == 0 and covered[-1][1] == sum(rows)
-    for (_, end), (start, _) in itertools.pairwise(covered):
-        assert end == start
+    files = [
+        InputFile(
+            path=name,
+            format="parquet",
+            num_bytes=1,
+            num_rows=sum(rows),
+            row_group_rows=rows,
+            row_group_text_bytes=tuple(g[1] for g in groups),
+        )
+        for name in ("a.parquet", "b.parquet", "c.parquet")
+    ]
+    units = plan_units(files, unit_bytes)
+    parts = [p for u in units for p in u.parts]
+    assert [p.path for p in parts] == sorted(p.path for p in parts), "files in order"
+    for f in files:
+        covered = [(p.row_start, p.row_end) for p in parts if p.path == f.path]
+        assert covered[0][0] == 0 and covered[-1][1] == sum(rows)
+        for (_, end), (start, _) in itertools.pairwise(covered):
+            assert end == start
+        if sum(f.row_group_text_bytes) >= unit_bytes:
+            assert all(len(u.parts) == 1 for u in units if u.path == f.path), "cut, not joined"
     assert [u.index for u in units] == list(range(len(units)))
 
 
 def test_dictwiki_plans_more_units_than_files() -> None:
-    files = [describe_input(p, "text", "id") for p in list_inputs((str(DICTWIKI),))]
+    files = [describe_input(p, "text", "id") for p in list_inputs((str(DICTWIKI),)).files]
     assert [f.num_rows for f in files] == [3830] * 4
     units = plan_units(files, 256 * 1024)
     assert len(units) > 4 * 3, "row groups are cut so parallelism is not capped by files"
@@ -108,13 +115,15 @@ def test_missing_input_path(tmp_path: Path) -> None:
 def test_folder_without_data_files(tmp_path: Path) -> None:
     (tmp_path / "readme.txt").write_text("hi")
     with pytest.raises(
-        UsageError, match=r"expected .parquet, .jsonl or .jsonl.zst files, found none"
+        UsageError,
+        match=r"expected .parquet, .jsonl, .jsonl.zst, .jsonl.gz, .json.gz files, found "
+        r"none \(.*readme.txt: not a data file",
     ):
         list_inputs((str(tmp_path),))
 
 
 def test_glob_input() -> None:
-    files = list_inputs((str(DICTWIKI / "train-0000[01]-*.parquet"),))
+    files = list_inputs((str(DICTWIKI / "train-0000[01]-*.parquet"),)).files
     assert [Path(f).name[:11] for f in files] == ["train-00000", "train-00001"]
 
 
@@ -135,7 +144,7 @@ def test_text_column_missing_or_not_string(tmp_path: Path) -> None:
     pq.write_table(pa.table({"id": ["1"], "body": ["x"], "n": [3]}), path)
     with pytest.raises(DataError, match=r"expected a text column 'text', found columns"):
         describe_input(str(path), "text", "id")
-    with pytest.raises(DataError, match=r"expected column 'n' to be a string, found int64"):
+    with pytest.raises(DataError, match=r"expected column 'n' to hold text .*, found int64"):
         describe_input(str(path), "n", "id")
     with pytest.raises(DataError, match=r"expected an id column 'doc', found columns"):
         describe_input(str(path), "body", "doc")

@@ -83,12 +83,20 @@ def test_split_long_text_joins_back(text: str, size: int) -> None:
     assert all(len(p) <= size for p in pieces)
 
 
-def test_sentencepiece_folder_without_transformers_says_how_to_fix(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("module", "package"),
+    [("transformers", "transformers"), ("sentencepiece", "sentencepiece"),
+     ("google.protobuf", "protobuf")],
+)  # fmt: skip
+def test_sentencepiece_folder_without_a_converter_names_the_missing_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: str, package: str
 ) -> None:
+    """Without sentencepiece or protobuf transformers says "tiktoken is required": not that."""
     (tmp_path / "spm.model").write_bytes(b"\x00not a real model")
-    monkeypatch.setitem(sys.modules, "transformers", None)  # import fails as if not installed
-    with pytest.raises(UsageError, match=r"found only a SentencePiece model, which needs"):
+    monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+    with pytest.raises(
+        UsageError, match=rf"found {package} missing; run `pip install '.\[train\]'"
+    ):
         load_tokenizer(str(tmp_path))
 
 
