@@ -10,6 +10,10 @@ every decision comes from a counter-based hash (splitmix64) of (seed, epoch, blo
 instead of a stateful generator. A block is therefore masked the same way whatever batch,
 worker, rank or resume it is read in, and no RNG state needs saving.
 
+`--masking whole-word` and `--masking ngram` (`WordMasker`, pipeline/train/word_masking.py) mask
+whole words or spans of words with the same hash; word starts come from the tokenizer
+(pipeline/train/word_starts.py). Token masking, the default, is what this module does alone.
+
 `MLMCollator` is the thin edge that turns blocks into torch tensors (torch imported lazily):
 it takes the dataset's `BlockBatch` (fast path) or a list of `{"input_ids", "block_index"}`
 examples (the `transformers.Trainer` path).
@@ -23,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.format.manifest import TokenizerRecord
+from pipeline.train.word_starts import WordTable
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -30,6 +35,8 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _POSITION = np.uint64(0xD6E8FEB86659FD93)
 _RANDOM_TAG = np.uint64(0x2545F4914F6CDD1D)
 _BITS = 24  # resolution of the probabilities: 1 / 16.7 M
+STRATEGIES = ("token", "whole-word", "ngram")
+WORD_STRATEGIES = STRATEGIES[1:]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,8 +47,17 @@ class MaskingSpec:
     probability: float = 0.15
     mask_fraction: float = 0.8
     random_fraction: float = 0.1
+    strategy: str = "token"
+    max_ngram: int = 3  # ngram: spans of 1..max_ngram words
+    words: WordTable | None = None  # whole-word, ngram: which ids begin a word
 
     def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"masking strategy must be one of {STRATEGIES}, found {self.strategy}")
+        if self.strategy in WORD_STRATEGIES and self.words is None:
+            raise ValueError(f"{self.strategy} masking needs a word table")
+        if self.max_ngram < 1:
+            raise ValueError(f"max_ngram must be at least 1, found {self.max_ngram}")
         if not 0.0 < self.probability <= 1.0:
             raise ValueError(f"masking probability must be in (0, 1], found {self.probability}")
         if self.mask_fraction < 0 or self.random_fraction < 0:
@@ -55,12 +71,12 @@ class MaskingSpec:
             raise ValueError(f"mask id {self.mask_id} is not below vocab size {self.vocab_size}")
 
     @classmethod
-    def from_manifest(cls, tokenizer: TokenizerRecord, **fractions: float) -> MaskingSpec:
+    def from_manifest(cls, tokenizer: TokenizerRecord, **options: Any) -> MaskingSpec:
         return cls(
             mask_id=int(tokenizer.special_ids["mask"]),
             vocab_size=tokenizer.vocab_size,
             special_ids=tokenizer.all_special_ids,
-            **fractions,
+            **options,
         )
 
 
@@ -103,6 +119,15 @@ class Masker:
             pick = (r * np.uint64(self._candidates.size)) >> np.uint64(32)
             out[flat[to_random]] = self._candidates[pick.astype(np.int64)]
         return inputs, labels
+
+
+def make_masker(spec: MaskingSpec) -> Masker:
+    """The masker for the spec's strategy."""
+    if spec.strategy == "token":
+        return Masker(spec)
+    from pipeline.train.word_masking import WordMasker  # it builds on this module
+
+    return WordMasker(spec)
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -153,7 +178,8 @@ class MLMCollator:
         doc_attention: bool = False,
         with_keys: bool = False,
     ) -> None:
-        self.masker = Masker(spec)
+        self.masker = make_masker(spec)
+        self.by_words = spec.strategy in WORD_STRATEGIES  # needs the document starts
         self.seed = seed
         self.doc_attention = doc_attention
         self.with_keys = with_keys
@@ -164,7 +190,12 @@ class MLMCollator:
 
         if isinstance(batch, list):
             batch = self._from_examples(batch)
-        inputs, labels = self.masker(batch.tokens, batch.block_index, batch.epoch, self.seed)
+        if self.by_words:
+            inputs, labels = self.masker(
+                batch.tokens, batch.block_index, batch.epoch, self.seed, doc_ids=batch.doc_ids
+            )
+        else:
+            inputs, labels = self.masker(batch.tokens, batch.block_index, batch.epoch, self.seed)
         out = {"input_ids": torch.from_numpy(inputs), "labels": torch.from_numpy(labels)}
         if self.doc_attention:
             if batch.doc_ids is None:
@@ -189,6 +220,6 @@ class MLMCollator:
             epoch = np.full(len(examples), (1 << 40) + self._calls, dtype=np.int64)
         self._calls += 1
         doc_ids = None
-        if self.doc_attention:
+        if self.doc_attention or (self.by_words and all("doc_ids" in e for e in examples)):
             doc_ids = np.stack([np.asarray(e["doc_ids"]) for e in examples])
         return BlockBatch(tokens=tokens, block_index=index, epoch=epoch, doc_ids=doc_ids)
