@@ -89,6 +89,7 @@ def prepare_run(
                 f"{config[key]}; resume with --{flag} {old[key]} or start a new run"
             )
     keys = ("batch_size", "grad_accum", "lr", "max_steps", "epochs", "mlm_probability")
+    keys += ("masking", "max_ngram")
     changed = [k for k in keys if old.get(k) != config[k]]
     if prior.get("world_size") != world_size:
         changed.append("world size")

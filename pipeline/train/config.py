@@ -38,6 +38,8 @@ class TrainConfig:
     mlm_probability: float = 0.15
     mask_replace_prob: float = 0.8
     random_replace_prob: float = 0.1
+    masking: str = "token"
+    max_ngram: int = 3
     seed: int = 42
     eval_steps: int = 500  # 0: evaluate only per epoch and at the end
     eval_blocks: int = 0  # 0: the whole validation split
@@ -100,10 +102,13 @@ class TrainConfig:
                 f"--micro-batch-size {self.micro_batch_size}: expected a divisor of --batch-size "
                 f"{self.batch_size}, found none; pick one (or 0 to find it automatically)"
             )
+        if not 1 <= self.max_ngram <= 10:
+            raise UsageError(f"--max-ngram: expected 1 to 10 words, found {self.max_ngram}")
         choices = {
             "precision": ("auto", "bf16", "fp16", "fp32"),
             "device": ("auto", "cpu", "cuda"),
             "export": ("best", "last"),
+            "masking": ("token", "whole-word", "ngram"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -136,6 +141,9 @@ _HELP = {
     "eval_blocks": "validation blocks to evaluate on (0: all)",
     "save_steps": "checkpoint every N steps (0: at every evaluation)",
     "save_total_limit": "keep the newest N checkpoints plus the best by eval loss (0: all)",
+    "masking": "token (default), whole-word, or ngram (spans of 1..--max-ngram whole words); "
+    "see README",
+    "max_ngram": "--masking ngram: the longest span in words (shorter spans are likelier)",
     "workers": "DataLoader worker processes",
     "shuffle_window": "record batches shuffled together (more: better mixing, more memory)",
     "doc_attention": "attend only within a document (BERT-family models, see README)",

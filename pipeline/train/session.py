@@ -10,9 +10,11 @@ torchrun) and torch.compile when asked. An output without validation blocks (mad
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -20,6 +22,7 @@ import transformers
 
 from pipeline.errors import DataError
 from pipeline.format.manifest import load_manifest
+from pipeline.format.paths import TOKENIZER_FILE
 from pipeline.train import checkpoint
 from pipeline.train.config import TrainConfig
 from pipeline.train.data_checks import check_mask_token, expectation, has_validation
@@ -37,6 +40,8 @@ from pipeline.train.policies import BestModel
 from pipeline.train.runtime import Runtime
 from pipeline.train.sampler import BlockSampler
 from pipeline.train.step import grad_scaler
+from pipeline.train.word_masking import describe_masking
+from pipeline.train.word_starts import load_word_table
 
 if TYPE_CHECKING:  # a type only: importing it at run time loads transformers' vision extras
     from transformers import PreTrainedModel
@@ -75,6 +80,9 @@ def setup(cfg: TrainConfig, rt: Runtime) -> Session:
     check_mask_token(cfg.data, tok)
     resume_from = checkpoint.resolve_resume(cfg.output, cfg.resume) if cfg.resume else None
     prior = checkpoint.read_state(resume_from) if resume_from else None
+    words = None  # whole-word and ngram masking: which ids begin a word (refused if unknown)
+    if cfg.masking != "token":
+        words = load_word_table(Path(cfg.data, TOKENIZER_FILE), int(tok["vocab_size"]))
     checkpoint.prepare_run(cfg.output, prior, cfg.to_dict(), rt.world_size, rt.rank)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = load_model(str(resume_from) if resume_from else cfg.model, tok, block_size)
@@ -84,13 +92,14 @@ def setup(cfg: TrainConfig, rt: Runtime) -> Session:
         enable_gradient_checkpointing(model, cfg.model)
     expect = expectation(cfg.model, prior, model, resume_from)
     docs = cfg.doc_attention
+    starts = docs or words is not None  # word masking: a document start begins a word
     window = cfg.shuffle_window
     train_data = BlockDataset(
-        cfg.data, "train", expect=expect, cache_chunks=window + 2, with_doc_ids=docs
+        cfg.data, "train", expect=expect, cache_chunks=window + 2, with_doc_ids=starts
     )
     val_data = None
     if has_validation(manifest):
-        val_data = BlockDataset(cfg.data, "validation", expect=expect, with_doc_ids=docs)
+        val_data = BlockDataset(cfg.data, "validation", expect=expect, with_doc_ids=starts)
     elif rt.rank == 0:
         print(
             f"note: {cfg.data} has no validation blocks (made with --validation-fraction 0): "
@@ -107,7 +116,14 @@ def setup(cfg: TrainConfig, rt: Runtime) -> Session:
         probability=cfg.mlm_probability,
         mask_fraction=cfg.mask_replace_prob,
         random_fraction=cfg.random_replace_prob,
+        strategy=cfg.masking,
+        max_ngram=cfg.max_ngram,
+        words=words,
     )
+    if rt.rank == 0:  # the rule used, beside the metrics: RUN/masking.json
+        Path(cfg.output).mkdir(parents=True, exist_ok=True)
+        record = describe_masking(spec) | {"tokenizer_sha256": tok["sha256"]}
+        Path(cfg.output, "masking.json").write_text(json.dumps(record, indent=1) + "\n")
     sampler = BlockSampler(
         train_data.chunk_sizes,
         batch_size=cfg.batch_size,

@@ -26,6 +26,8 @@ same way in any batch, worker or resume. No Python loop runs per token or per wo
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from pipeline.train.masking import (
@@ -38,7 +40,7 @@ from pipeline.train.masking import (
     block_keys,
     token_hashes,
 )
-from pipeline.train.word_starts import word_starts
+from pipeline.train.word_starts import SPECIAL, document_starts, id_codes, word_starts
 
 _LENGTH_BITS = 16
 _KIND_SHIFT = np.uint64(64 - 2 * _BITS)
@@ -50,6 +52,26 @@ def ngram_probabilities(max_ngram: int) -> list[float]:
     """p(n) for span lengths n = 1..max_ngram: proportional to 1/n."""
     weights = [1.0 / n for n in range(1, max_ngram + 1)]
     return [w / sum(weights) for w in weights]
+
+
+def describe_masking(spec: MaskingSpec) -> dict[str, Any]:
+    """What a run folder records about its masking (RUN/masking.json)."""
+    record: dict[str, Any] = {
+        "strategy": spec.strategy,
+        "probability": spec.probability,
+        "mask_fraction": spec.mask_fraction,
+        "random_fraction": spec.random_fraction,
+    }
+    if spec.strategy == "token" or spec.words is None:
+        return record | {"decided": "per token"}
+    if spec.strategy == "ngram":
+        record["max_ngram"] = spec.max_ngram
+        record["ngram_probabilities"] = ngram_probabilities(spec.max_ngram)
+    rules = "a block's first token, every document start and every token after a special one"
+    return record | {
+        "decided": "per word",
+        "word_rule": spec.words.describe() | {"also_begin_a_word": rules},
+    }
 
 
 class WordMasker(Masker):
@@ -69,10 +91,9 @@ class WordMasker(Masker):
         self.max_ngram = max_ngram
         starts, breaks = table.arrays()
         n = spec.vocab_size
-        self._starts = starts[:n] | self._special  # a special token is a word of its own
-        self._breaks = breaks[:n] | self._special
+        self._codes = id_codes(starts[:n], breaks[:n], self._special)
         cdf = np.cumsum(ngram_probabilities(max_ngram))[:-1]
-        self._length_cuts = np.round(cdf * (1 << _LENGTH_BITS)).astype(np.uint64)
+        self._length_cuts = [np.uint64(round(c * (1 << _LENGTH_BITS))) for c in cdf]
 
     def __call__(
         self,
@@ -87,22 +108,23 @@ class WordMasker(Masker):
         assert not tokens.size or int(tokens.max()) < self.spec.vocab_size, "id beyond vocab"
         keys = block_keys(seed, np.asarray(epoch), np.asarray(block_index))
         h = token_hashes(keys, tokens.shape[1])
-        starts = word_starts(tokens, doc_ids, self._starts, self._breaks)
-        first = np.flatnonzero(starts)  # flat position of every word's first token
-        lengths = np.diff(first, append=tokens.size)
-        flat_tokens = tokens.ravel()
+        codes = self._codes[tokens]
+        doc_starts = None if doc_ids is None else document_starts(doc_ids)
+        first = np.flatnonzero(word_starts(codes, doc_starts))  # each word's first token
         hw = h.ravel()[first]
-        special_w = self._special[flat_tokens[first]]
+        special_w = (codes.ravel()[first] & SPECIAL).view(bool)
         if self.max_ngram == 1:
-            chosen_w = ((hw >> _CHOOSE_SHIFT) < self._t_choose) & ~special_w
+            chosen_w = np.flatnonzero(((hw >> _CHOOSE_SHIFT) < self._t_choose) & ~special_w)
         else:
-            chosen_w = self._choose_spans(h, starts, first, hw, special_w, doc_ids)
-        cw = np.flatnonzero(chosen_w)
-        clen = lengths[cw]
-        ends = np.cumsum(clen)
-        total = int(ends[-1]) if cw.size else 0
-        flat = np.repeat(first[cw] - (ends - clen), clen) + np.arange(total)
-        kind = np.repeat((hw[cw] >> _KIND_SHIFT) & _LOW24, clen)
+            chosen_w = self._choose_spans(h, first, hw, special_w, doc_starts)
+        # Expand the chosen words to their tokens (flat positions in [b, L]).
+        ends = np.append(first, tokens.size)
+        clen = ends[chosen_w + 1] - first[chosen_w]
+        before = np.cumsum(clen)
+        flat = np.repeat(first[chosen_w] - (before - clen), clen)
+        flat += np.arange(flat.size)
+        kind = np.repeat((hw[chosen_w] >> _KIND_SHIFT) & _LOW24, clen)
+        flat_tokens = tokens.ravel()
         labels = np.full(tokens.shape, -100, dtype=np.int64)
         labels.ravel()[flat] = flat_tokens[flat]
         inputs = tokens.astype(np.int64)
@@ -120,29 +142,34 @@ class WordMasker(Masker):
     def _choose_spans(
         self,
         h: np.ndarray,
-        starts: np.ndarray,
         first: np.ndarray,
         hw: np.ndarray,
         special_w: np.ndarray,
-        doc_ids: np.ndarray | None,
+        doc_starts: np.ndarray | None,
     ) -> np.ndarray:
-        """bool per word: its span was chosen. Spans: the k-th of a block is n_k words long,
-        n_k drawn from position k's hash; a document start or a special token cuts a span."""
-        words_per_block = starts.sum(axis=1)
+        """Indices of the words in chosen spans. The k-th span of a block is n_k words long,
+        n_k drawn from position k's hash (the cumulative sum of the lengths is the sequential
+        walk, done at once); a document start or a special token also begins a span."""
+        length = h.shape[1]
+        words_per_block = np.bincount(first // length, minlength=h.shape[0])
         block_first_word = np.cumsum(words_per_block) - words_per_block
         draws = h & np.uint64((1 << _LENGTH_BITS) - 1)
-        n = np.searchsorted(self._length_cuts, draws, side="right") + 1
-        offset = np.cumsum(n, axis=1) - n  # word offset of span k inside its block
+        n = np.ones(h.shape, dtype=np.int32)
+        for cut in self._length_cuts:
+            n += draws >= cut
+        offset = np.cumsum(n, axis=1, dtype=np.int32) - n  # first word of span k in its block
         inside = offset < words_per_block[:, None]
         span_start = np.zeros(first.size, dtype=bool)
         span_start[(block_first_word[:, None] + offset)[inside]] = True
         span_start |= special_w
         span_start[1:] |= special_w[:-1]
-        if doc_ids is not None:
-            flat_docs = doc_ids.ravel()
-            span_start[1:] |= flat_docs[first[1:]] != flat_docs[first[1:] - 1]
+        if doc_starts is not None:
+            span_start |= doc_starts.ravel()[first]
         span_first = np.flatnonzero(span_start)
-        words = np.diff(span_first, append=first.size)
-        hs = hw[span_first]
-        chosen = ((hs >> _CHOOSE_SHIFT) < self._t_choose) & ~special_w[span_first]
-        return np.repeat(chosen, words)
+        chosen = ((hw[span_first] >> _CHOOSE_SHIFT) < self._t_choose) & ~special_w[span_first]
+        picked = np.flatnonzero(chosen)
+        count = np.append(span_first, first.size)[picked + 1] - span_first[picked]
+        before = np.cumsum(count)
+        words = np.repeat(span_first[picked] - (before - count), count)
+        words += np.arange(words.size)
+        return words

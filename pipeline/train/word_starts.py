@@ -162,15 +162,35 @@ def load_word_table(path: str | Path, vocab_size: int) -> WordTable:
     return build_word_table(parsed, vocab_size, str(path))
 
 
-def word_starts(
-    tokens: np.ndarray, doc_ids: np.ndarray | None, starts: np.ndarray, breaks: np.ndarray
-) -> np.ndarray:
-    """bool [b, L]: which positions begin a word (a block's first token and every document
-    start do)."""
-    first = starts[tokens]
-    first[:, 1:] |= breaks[tokens[:, :-1]]
-    if doc_ids is not None:
-        first[:, 1:] |= doc_ids[:, 1:] != doc_ids[:, :-1]
+# Per-id codes (uint8 bit flags): one table lookup per token gives all three facts.
+START, BREAK, SPECIAL = 1, 2, 4
+
+
+def id_codes(starts: np.ndarray, breaks: np.ndarray, special: np.ndarray) -> np.ndarray:
+    """uint8 per id: START (begins a word), BREAK (the next token begins one), SPECIAL (never
+    masked; a word of its own)."""
+    codes = (starts | special).astype(np.uint8) * START
+    codes |= (breaks | special).astype(np.uint8) * BREAK
+    codes |= special.astype(np.uint8) * SPECIAL
+    return codes
+
+
+def document_starts(doc_ids: np.ndarray) -> np.ndarray:
+    """bool [b, L] from the dataset's document numbers: a document begins here."""
+    starts = np.empty(doc_ids.shape, dtype=bool)
+    starts[:, 0] = True
+    np.not_equal(doc_ids[:, 1:], doc_ids[:, :-1], out=starts[:, 1:])
+    return starts
+
+
+def word_starts(codes: np.ndarray, doc_starts: np.ndarray | None = None) -> np.ndarray:
+    """bool [b, L] from the tokens' codes [b, L]: which positions begin a word. A block's first
+    token and every document start do."""
+    first = codes & START
+    first[:, 1:] |= (codes[:, :-1] & BREAK) >> 1
+    first = first.view(bool)  # 0 or 1 in each byte
+    if doc_starts is not None:
+        first |= doc_starts
     first[:, 0] = True
     return first
 

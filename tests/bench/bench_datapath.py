@@ -17,11 +17,19 @@ or fewer batches than asked, so a broken data path fails CI instead of printing 
   lists with a special_tokens_mask (what run_mlm.py's tokenize + group_texts yield): no reading
 * HF recipe: datasets.Dataset of the same blocks (+ special_tokens_mask) shuffled by a
   DataLoader with DataCollatorForLanguageModeling, as `Trainer` feeds it
+* whole-word, ngram: the "pipeline" row with `--masking whole-word` / `--masking ngram` (the
+  dataset then also rebuilds document starts, which word masking needs)
+* collator token / whole-word / ngram: MLMCollator alone on the same batches already in memory
+  (tokens + document starts): the masking cost by itself, strategy against strategy
+Passes are interleaved (round-robin over contestants, `--repeats` rounds) so that the noise of
+a shared machine hits every contestant alike; "vs token" compares with the "pipeline" row, or
+for the collator rows with "collator token".
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import sys
@@ -39,9 +47,11 @@ sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared"
 TOKENIZER = SHARED / "tokenizers" / "bert-base-uncased"
 
+from pipeline.format.paths import TOKENIZER_FILE  # noqa: E402
 from pipeline.train.dataset import BlockDataset, to_hf_dataset  # noqa: E402
 from pipeline.train.masking import MaskingSpec, MLMCollator  # noqa: E402
 from pipeline.train.sampler import BlockSampler  # noqa: E402
+from pipeline.train.word_starts import load_word_table  # noqa: E402
 
 
 def make_shards(folder: Path, quick: bool) -> str:
@@ -58,17 +68,27 @@ def make_shards(folder: Path, quick: bool) -> str:
     return str(out)
 
 
-def measure(batches: Callable[[], Iterable[dict]], repeats: int) -> tuple[float, int, int]:
-    """(best seconds, masked tokens, batches) over `repeats` passes."""
-    best, masked, count = float("inf"), 0, 0
+def one_pass(batches: Callable[[], Iterable[dict]]) -> tuple[float, int, int]:
+    """(seconds, masked tokens, batches) of one pass."""
+    started = time.perf_counter()
+    masked = count = 0
+    for batch in batches():
+        masked += int((batch["labels"] != -100).sum())
+        count += 1
+    return time.perf_counter() - started, masked, count
+
+
+def measure(
+    contestants: dict[str, Callable[[], Iterable[dict]]], repeats: int
+) -> dict[str, tuple[float, int, int]]:
+    """Per contestant (best seconds, masked tokens, batches), passes interleaved."""
+    best: dict[str, tuple[float, int, int]] = {}
     for _ in range(repeats):
-        started = time.perf_counter()
-        masked = count = 0
-        for batch in batches():
-            masked += int((batch["labels"] != -100).sum())
-            count += 1
-        best = min(best, time.perf_counter() - started)
-    return best, masked, count
+        for name, batches in contestants.items():
+            result = one_pass(batches)
+            if name not in best or result[0] < best[name][0]:
+                best[name] = result
+    return best
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,13 +113,21 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
+BASELINES = {"whole-word": "pipeline", "ngram": "pipeline"}
+BASELINES |= {f"collator {m}": "collator token" for m in ("whole-word", "ngram")}
+NAME_WIDTH = 22
+
+
 def table(results: dict[str, dict[str, float]]) -> str:
-    lines = [f"{'contestant':<22} {'batches':>7} {'seconds':>8} {'masked tok/s':>14} {'vs HF':>7}"]
+    lines = [f"{'contestant':<{NAME_WIDTH}} {'batches':>7} {'seconds':>8} {'masked tok/s':>14} "
+             f"{'vs HF':>7} {'vs token':>8}"]  # fmt: skip
     base = results.get("HF collator", {}).get("masked_tokens_per_s", 0.0)
     for name, r in results.items():
         ratio = f"{r['masked_tokens_per_s'] / base:>6.1f}x" if base else f"{'-':>7}"
-        lines.append(f"{name:<22} {r['batches']:>7.0f} {r['seconds']:>8.3f} "
-                     f"{r['masked_tokens_per_s']:>14,.0f} {ratio}")  # fmt: skip
+        token = results.get(BASELINES.get(name, ""), {}).get("masked_tokens_per_s", 0.0)
+        vs_token = f"{r['masked_tokens_per_s'] / token:>7.2f}x" if token else f"{'-':>8}"
+        lines.append(f"{name:<{NAME_WIDTH}} {r['batches']:>7.0f} {r['seconds']:>8.3f} "
+                     f"{r['masked_tokens_per_s']:>14,.0f} {ratio} {vs_token}")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -125,15 +153,27 @@ def run(data: str, args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, f
     sampler = BlockSampler(probe.chunk_sizes, batch_size=args.batch_size, seed=0)
     keys = list(itertools.islice(iter(sampler), num_batches))  # the blocks every contestant uses
 
-    def ours(workers: int) -> Callable[[], Iterable[dict]]:
+    words = load_word_table(Path(data, TOKENIZER_FILE), spec.vocab_size)
+    specs = {m: dataclasses.replace(spec, strategy=m, words=words) for m in ("whole-word", "ngram")}
+    specs["token"] = spec
+
+    def ours(workers: int, masking: str = "token") -> Callable[[], Iterable[dict]]:
         def batches() -> Iterable[dict]:
-            dataset = BlockDataset(data, "train")  # cold: every pass decompresses again
+            # cold: every pass decompresses again; word masking needs the document starts
+            dataset = BlockDataset(data, "train", with_doc_ids=masking != "token")
             order = BlockSampler(dataset.chunk_sizes, batch_size=args.batch_size, seed=0)
             loader = DataLoader(dataset, sampler=order, batch_size=None, num_workers=workers,
-                                collate_fn=MLMCollator(spec, seed=0))  # fmt: skip
+                                collate_fn=MLMCollator(specs[masking], seed=0))  # fmt: skip
             return itertools.islice(loader, num_batches)
 
         return batches
+
+    in_memory = BlockDataset(data, "train", with_doc_ids=True)
+    blocks = [in_memory[batch_keys] for batch_keys in keys]
+
+    def collator_alone(masking: str) -> Callable[[], Iterable[dict]]:
+        collator = MLMCollator(specs[masking], seed=0)
+        return lambda: (collator(batch) for batch in blocks)
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(TOKENIZER))
     hf_collator = transformers.DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
@@ -158,15 +198,17 @@ def run(data: str, args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, f
 
     contestants = {
         "pipeline": ours(0),
+        "whole-word": ours(0, "whole-word"),
+        "ngram": ours(0, "ngram"),
         "pipeline, 2 workers": ours(2),
         "HF collator": lambda: (hf_collator(e) for e in examples),
         "HF recipe": recipe,
     }
+    contestants |= {f"collator {m}": collator_alone(m) for m in ("token", "whole-word", "ngram")}
     if args.quick:
         contestants.pop("pipeline, 2 workers")
     results = {}
-    for name, batches in contestants.items():
-        seconds, masked, count = measure(batches, args.repeats)
+    for name, (seconds, masked, count) in measure(contestants, args.repeats).items():
         results[name] = {"batches": count, "seconds": seconds, "masked_tokens": masked,
                          "masked_tokens_per_s": masked / max(seconds, 1e-9)}  # fmt: skip
     return results
