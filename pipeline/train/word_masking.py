@@ -26,6 +26,7 @@ same way in any batch, worker or resume. No Python loop runs per token or per wo
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -93,7 +94,7 @@ class WordMasker(Masker):
         n = spec.vocab_size
         self._codes = id_codes(starts[:n], breaks[:n], self._special)
         cdf = np.cumsum(ngram_probabilities(max_ngram))[:-1]
-        self._length_cuts = [np.uint64(round(c * (1 << _LENGTH_BITS))) for c in cdf]
+        self._length_cuts = [np.uint16(round(c * (1 << _LENGTH_BITS))) for c in cdf]
 
     def __call__(
         self,
@@ -110,16 +111,16 @@ class WordMasker(Masker):
         h = token_hashes(keys, tokens.shape[1])
         codes = self._codes[tokens]
         doc_starts = None if doc_ids is None else document_starts(doc_ids)
-        first = np.flatnonzero(word_starts(codes, doc_starts))  # each word's first token
+        starts = word_starts(codes, doc_starts)
+        first = np.flatnonzero(starts)  # each word's first token, flat in [b, L]
         hw = h.ravel()[first]
         special_w = (codes.ravel()[first] & SPECIAL).view(bool)
         if self.max_ngram == 1:
             chosen_w = np.flatnonzero(((hw >> _CHOOSE_SHIFT) < self._t_choose) & ~special_w)
         else:
-            chosen_w = self._choose_spans(h, first, hw, special_w, doc_starts)
+            chosen_w = self._choose_spans(h, starts, first, hw, special_w, doc_starts)
         # Expand the chosen words to their tokens (flat positions in [b, L]).
-        ends = np.append(first, tokens.size)
-        clen = ends[chosen_w + 1] - first[chosen_w]
+        clen = _next(first, chosen_w, tokens.size) - first[chosen_w]
         before = np.cumsum(clen)
         flat = np.repeat(first[chosen_w] - (before - clen), clen)
         flat += np.arange(flat.size)
@@ -142,6 +143,7 @@ class WordMasker(Masker):
     def _choose_spans(
         self,
         h: np.ndarray,
+        starts: np.ndarray,
         first: np.ndarray,
         hw: np.ndarray,
         special_w: np.ndarray,
@@ -150,17 +152,17 @@ class WordMasker(Masker):
         """Indices of the words in chosen spans. The k-th span of a block is n_k words long,
         n_k drawn from position k's hash (the cumulative sum of the lengths is the sequential
         walk, done at once); a document start or a special token also begins a span."""
-        length = h.shape[1]
-        words_per_block = np.bincount(first // length, minlength=h.shape[0])
+        words_per_block = np.count_nonzero(starts, axis=1)
         block_first_word = np.cumsum(words_per_block) - words_per_block
-        draws = h & np.uint64((1 << _LENGTH_BITS) - 1)
-        n = np.ones(h.shape, dtype=np.int32)
+        draws = _low16(h)  # a strided view of each hash's low 16 bits: no copy
+        n = np.ones(h.shape, dtype=np.int16)
         for cut in self._length_cuts:
             n += draws >= cut
-        offset = np.cumsum(n, axis=1, dtype=np.int32) - n  # first word of span k in its block
+        offset = np.cumsum(n, axis=1, dtype=np.int16)  # the first word of span k + 1
+        offset -= n  # ... of span k, inside its block
         inside = offset < words_per_block[:, None]
         span_start = np.zeros(first.size, dtype=bool)
-        span_start[(block_first_word[:, None] + offset)[inside]] = True
+        span_start[offset[inside] + np.repeat(block_first_word, inside.sum(axis=1))] = True
         span_start |= special_w
         span_start[1:] |= special_w[:-1]
         if doc_starts is not None:
@@ -168,8 +170,21 @@ class WordMasker(Masker):
         span_first = np.flatnonzero(span_start)
         chosen = ((hw[span_first] >> _CHOOSE_SHIFT) < self._t_choose) & ~special_w[span_first]
         picked = np.flatnonzero(chosen)
-        count = np.append(span_first, first.size)[picked + 1] - span_first[picked]
+        count = _next(span_first, picked, first.size) - span_first[picked]
         before = np.cumsum(count)
         words = np.repeat(span_first[picked] - (before - count), count)
         words += np.arange(words.size)
         return words
+
+
+def _next(starts: np.ndarray, picked: np.ndarray, end: int) -> np.ndarray:
+    """starts[picked + 1], or `end` past the last: where each picked item ends."""
+    following = starts[np.minimum(picked + 1, starts.size - 1)]
+    following[picked + 1 == starts.size] = end
+    return following
+
+
+def _low16(h: np.ndarray) -> np.ndarray:
+    """The low 16 bits of each uint64 of h [b, L], as a [b, L] uint16 view."""
+    low = 0 if sys.byteorder == "little" else 3
+    return h.view(np.uint16)[:, low::4]
