@@ -56,6 +56,8 @@ class BlockBatch:
     block_index: np.ndarray  # int64 [b]
     epoch: np.ndarray  # int64 [b]
     doc_ids: np.ndarray | None = None  # int32 [b, block_size]: document number inside a block
+    # int64: flat positions (row * block_size + position) of the stored document starts
+    doc_starts: np.ndarray | None = None
 
 
 class BlockDataset:
@@ -67,11 +69,13 @@ class BlockDataset:
         expect: DataExpectation | None = None,
         cache_chunks: int = 18,
         with_doc_ids: bool = False,
+        with_doc_starts: bool = False,
     ) -> None:
         self.output = output
         self.split = split
         self.manifest = load_manifest(output)
         self.with_doc_ids = with_doc_ids
+        self.with_doc_starts = with_doc_starts  # cheaper than doc_ids: no [b, L] array
         self.cache_chunks = max(1, cache_chunks)
         entry = self.manifest.splits.get(split)
         if entry is None or not entry.num_blocks:
@@ -155,6 +159,8 @@ class BlockDataset:
             example = {"input_ids": batch.tokens[0], "block_index": int(index)}
             if batch.doc_ids is not None:
                 example["doc_ids"] = batch.doc_ids[0]
+            if batch.doc_starts is not None:
+                example["doc_starts"] = batch.doc_starts  # row 0: positions in the block
             return example
         return self.fetch(index)
 
@@ -165,20 +171,29 @@ class BlockDataset:
         chunk = np.searchsorted(self.chunk_starts, block, side="right") - 1
         tokens = np.empty((keys.size, self.block_size), dtype=self.dtype)
         doc_ids = np.zeros((keys.size, self.block_size), np.int32) if self.with_doc_ids else None
+        starts: list[np.ndarray] = []
         for c in np.unique(chunk):
             rows = np.flatnonzero(chunk == c)
             local = block[rows] - self.chunk_starts[c]
             chunk_tokens, values, offsets = self._chunk(int(c))
             tokens[rows] = chunk_tokens[local]
-            if doc_ids is not None:
+            if doc_ids is not None or self.with_doc_starts:
                 lo, hi = offsets[local], offsets[local + 1]
                 counts = hi - lo
                 where = np.repeat(lo - np.cumsum(counts) + counts, counts)
                 where += np.arange(int(counts.sum()))
-                doc_ids[np.repeat(rows, counts), values[where]] = 1
+                row_of, position = np.repeat(rows, counts), values[where]
+                if doc_ids is not None:
+                    doc_ids[row_of, position] = 1
+                if self.with_doc_starts:
+                    starts.append(row_of * self.block_size + position)
         if doc_ids is not None:
             np.cumsum(doc_ids, axis=1, out=doc_ids)
-        return BlockBatch(tokens=tokens, block_index=block, epoch=epoch, doc_ids=doc_ids)
+        doc_starts = None
+        if self.with_doc_starts:
+            doc_starts = np.sort(np.concatenate(starts)) if starts else np.zeros(0, np.int64)
+        return BlockBatch(tokens=tokens, block_index=block, epoch=epoch, doc_ids=doc_ids,
+                          doc_starts=doc_starts)  # fmt: skip
 
     def _chunk(self, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if os.getpid() != self._pid:  # a forked DataLoader worker: open its own files

@@ -192,8 +192,9 @@ class MLMCollator:
             batch = self._from_examples(batch)
         if self.by_words:
             inputs, labels = self.masker(
-                batch.tokens, batch.block_index, batch.epoch, self.seed, doc_ids=batch.doc_ids
-            )
+                batch.tokens, batch.block_index, batch.epoch, self.seed,
+                doc_ids=batch.doc_ids, doc_starts=batch.doc_starts,
+            )  # fmt: skip
         else:
             inputs, labels = self.masker(batch.tokens, batch.block_index, batch.epoch, self.seed)
         out = {"input_ids": torch.from_numpy(inputs), "labels": torch.from_numpy(labels)}
@@ -219,7 +220,13 @@ class MLMCollator:
             index = np.arange(len(examples), dtype=np.int64)
             epoch = np.full(len(examples), (1 << 40) + self._calls, dtype=np.int64)
         self._calls += 1
-        doc_ids = None
+        doc_ids = doc_starts = None
         if self.doc_attention or (self.by_words and all("doc_ids" in e for e in examples)):
             doc_ids = np.stack([np.asarray(e["doc_ids"]) for e in examples])
-        return BlockBatch(tokens=tokens, block_index=index, epoch=epoch, doc_ids=doc_ids)
+        if self.by_words and all("doc_starts" in e for e in examples):
+            length = tokens.shape[1]
+            doc_starts = np.concatenate(
+                [i * length + np.asarray(e["doc_starts"], np.int64) for i, e in enumerate(examples)]
+            )
+        return BlockBatch(tokens=tokens, block_index=index, epoch=epoch, doc_ids=doc_ids,
+                          doc_starts=doc_starts)  # fmt: skip

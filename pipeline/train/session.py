@@ -92,14 +92,17 @@ def setup(cfg: TrainConfig, rt: Runtime) -> Session:
         enable_gradient_checkpointing(model, cfg.model)
     expect = expectation(cfg.model, prior, model, resume_from)
     docs = cfg.doc_attention
-    starts = docs or words is not None  # word masking: a document start begins a word
+    starts = words is not None  # word masking: a document start begins a word
     window = cfg.shuffle_window
     train_data = BlockDataset(
-        cfg.data, "train", expect=expect, cache_chunks=window + 2, with_doc_ids=starts
-    )
+        cfg.data, "train", expect=expect, cache_chunks=window + 2, with_doc_ids=docs,
+        with_doc_starts=starts,
+    )  # fmt: skip
     val_data = None
     if has_validation(manifest):
-        val_data = BlockDataset(cfg.data, "validation", expect=expect, with_doc_ids=starts)
+        val_data = BlockDataset(
+            cfg.data, "validation", expect=expect, with_doc_ids=docs, with_doc_starts=starts
+        )
     elif rt.rank == 0:
         print(
             f"note: {cfg.data} has no validation blocks (made with --validation-fraction 0): "

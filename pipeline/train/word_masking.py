@@ -33,19 +33,21 @@ import numpy as np
 
 from pipeline.train.masking import (
     _BITS,
+    _GOLDEN,
+    _M1,
+    _M2,
+    _POSITION,
     _RANDOM_TAG,
     WORD_STRATEGIES,
     Masker,
     MaskingSpec,
     _mix,
     block_keys,
-    token_hashes,
 )
 from pipeline.train.word_starts import SPECIAL, document_starts, id_codes, word_starts
 
 _LENGTH_BITS = 16
 _KIND_SHIFT = np.uint64(64 - 2 * _BITS)
-_CHOOSE_SHIFT = np.uint64(64 - _BITS)
 _LOW24 = np.uint64((1 << _BITS) - 1)
 
 
@@ -95,6 +97,23 @@ class WordMasker(Masker):
         self._codes = id_codes(starts[:n], breaks[:n], self._special)
         cdf = np.cumsum(ngram_probabilities(max_ngram))[:-1]
         self._length_cuts = [np.uint16(round(c * (1 << _LENGTH_BITS))) for c in cdf]
+        high = int(self._t_choose) << (64 - _BITS)  # probability 1: 2**64, beyond uint64
+        self._lucky_below = np.uint64(high) if high < 1 << 64 else None
+        # Scratch arrays reused by every call: fresh ones of this size (~0.5 MB for 512 x 128)
+        # are page-faulted in anew each time, which measured as much as the masking itself.
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def _buffer(self, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+        """Scratch memory kept between calls ("positions" holds 0, 1, 2, ...)."""
+        size = int(np.prod(shape))
+        buf = self._buffers.get(name)
+        if buf is None or buf.size < size:
+            buf = np.arange(size, dtype=dtype) if name == "positions" else np.empty(size, dtype)
+            self._buffers[name] = buf
+        return buf[:size].reshape(shape)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.__dict__ | {"_buffers": {}}  # scratch memory is not worth pickling
 
     def __call__(
         self,
@@ -103,28 +122,42 @@ class WordMasker(Masker):
         epoch: np.ndarray,
         seed: int,
         doc_ids: np.ndarray | None = None,
+        doc_starts: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
+        """(input_ids, labels) like token masking; document starts come as flat positions in
+        [b, L] (`doc_starts`, cheap) or as the dataset's document numbers (`doc_ids`)."""
         tokens = np.asarray(tokens)
         assert tokens.ndim == 2, "tokens must be [blocks, block_size]"
         assert not tokens.size or int(tokens.max()) < self.spec.vocab_size, "id beyond vocab"
+        if doc_starts is None and doc_ids is not None:
+            doc_starts = np.flatnonzero(document_starts(doc_ids))
         keys = block_keys(seed, np.asarray(epoch), np.asarray(block_index))
-        h = token_hashes(keys, tokens.shape[1])
+        h = self._buffer("hash", tokens.shape, np.uint64)
+        _token_hashes(keys, h, self._buffer("spare", tokens.shape, np.uint64))
         codes = self._codes[tokens]
-        doc_starts = None if doc_ids is None else document_starts(doc_ids)
         starts = word_starts(codes, doc_starts)
-        first = np.flatnonzero(starts)  # each word's first token, flat in [b, L]
-        hw = h.ravel()[first]
-        special_w = (codes.ravel()[first] & SPECIAL).view(bool)
+        flat_starts = starts.ravel()
+        num_words = int(np.count_nonzero(flat_starts))
+        first = self._buffer("first", (num_words,), np.int64)  # each word's first token
+        np.compress(flat_starts, self._buffer("positions", (tokens.size,), np.int64), out=first)
+        specials = np.flatnonzero(codes & SPECIAL)  # few: a word of their own each
+        # The draw of bits 63-40 below the threshold, compared without a shift.
+        below = self._lucky_below
+        lucky = np.ones(h.shape, dtype=bool) if below is None else h < below
+        lucky.ravel()[specials] = False
+        lucky_w = lucky.ravel()[flat_starts]  # per word: its first token's draw
         if self.max_ngram == 1:
-            chosen_w = np.flatnonzero(((hw >> _CHOOSE_SHIFT) < self._t_choose) & ~special_w)
+            chosen_w = np.flatnonzero(lucky_w)
         else:
-            chosen_w = self._choose_spans(h, starts, first, hw, special_w, doc_starts)
+            chosen_w = self._choose_spans(lucky_w, _low16(h), starts, first, specials, doc_starts)
         # Expand the chosen words to their tokens (flat positions in [b, L]).
-        clen = _next(first, chosen_w, tokens.size) - first[chosen_w]
+        chosen_first = first[chosen_w]
+        clen = _next(first, chosen_w, tokens.size) - chosen_first
         before = np.cumsum(clen)
-        flat = np.repeat(first[chosen_w] - (before - clen), clen)
+        flat = np.repeat(chosen_first - (before - clen), clen)
         flat += np.arange(flat.size)
-        kind = np.repeat((hw[chosen_w] >> _KIND_SHIFT) & _LOW24, clen)
+        flat_h = h.ravel()
+        kind = np.repeat((flat_h[chosen_first] >> _KIND_SHIFT) & _LOW24, clen)
         flat_tokens = tokens.ravel()
         labels = np.full(tokens.shape, -100, dtype=np.int64)
         labels.ravel()[flat] = flat_tokens[flat]
@@ -135,18 +168,18 @@ class WordMasker(Masker):
         out[flat[to_mask]] = self.spec.mask_id
         if to_random.any():
             where = flat[to_random]
-            r = _mix(h.ravel()[where] ^ _RANDOM_TAG) >> np.uint64(32)
+            r = _mix(flat_h[where] ^ _RANDOM_TAG) >> np.uint64(32)
             pick = (r * np.uint64(self._candidates.size)) >> np.uint64(32)
             out[where] = self._candidates[pick.astype(np.int64)]
         return inputs, labels
 
     def _choose_spans(
         self,
-        h: np.ndarray,
+        lucky_w: np.ndarray,
+        draws: np.ndarray,
         starts: np.ndarray,
         first: np.ndarray,
-        hw: np.ndarray,
-        special_w: np.ndarray,
+        specials: np.ndarray,
         doc_starts: np.ndarray | None,
     ) -> np.ndarray:
         """Indices of the words in chosen spans. The k-th span of a block is n_k words long,
@@ -154,8 +187,7 @@ class WordMasker(Masker):
         walk, done at once); a document start or a special token also begins a span."""
         words_per_block = np.count_nonzero(starts, axis=1)
         block_first_word = np.cumsum(words_per_block) - words_per_block
-        draws = _low16(h)  # a strided view of each hash's low 16 bits: no copy
-        n = np.ones(h.shape, dtype=np.int16)
+        n = np.ones(starts.shape, dtype=np.int16)
         for cut in self._length_cuts:
             n += draws >= cut
         offset = np.cumsum(n, axis=1, dtype=np.int16)  # the first word of span k + 1
@@ -163,18 +195,32 @@ class WordMasker(Masker):
         inside = offset < words_per_block[:, None]
         span_start = np.zeros(first.size, dtype=bool)
         span_start[offset[inside] + np.repeat(block_first_word, inside.sum(axis=1))] = True
-        span_start |= special_w
-        span_start[1:] |= special_w[:-1]
+        special_w = np.searchsorted(first, specials)  # the word of each special token
+        span_start[special_w] = True
+        span_start[special_w[special_w + 1 < first.size] + 1] = True
         if doc_starts is not None:
-            span_start |= doc_starts.ravel()[first]
+            span_start[np.searchsorted(first, doc_starts)] = True
         span_first = np.flatnonzero(span_start)
-        chosen = ((hw[span_first] >> _CHOOSE_SHIFT) < self._t_choose) & ~special_w[span_first]
+        chosen = lucky_w[span_first]  # a special token is a span of its own, never lucky
         picked = np.flatnonzero(chosen)
         count = _next(span_first, picked, first.size) - span_first[picked]
         before = np.cumsum(count)
         words = np.repeat(span_first[picked] - (before - count), count)
         words += np.arange(words.size)
         return words
+
+
+def _token_hashes(keys: np.ndarray, out: np.ndarray, spare: np.ndarray) -> None:
+    """`token_hashes(keys, L)` into `out` [b, L], in place with one scratch buffer: the same
+    values without a fresh array per step (each costs page faults at this size)."""
+    positions = np.arange(out.shape[1], dtype=np.uint64) * _POSITION
+    np.bitwise_xor(keys[:, None], positions[None, :], out=out)
+    out += _GOLDEN
+    for shift, multiplier in ((30, _M1), (27, _M2), (31, None)):
+        np.right_shift(out, np.uint64(shift), out=spare)
+        out ^= spare
+        if multiplier is not None:
+            out *= multiplier
 
 
 def _next(starts: np.ndarray, picked: np.ndarray, end: int) -> np.ndarray:

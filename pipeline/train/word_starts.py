@@ -185,12 +185,12 @@ def document_starts(doc_ids: np.ndarray) -> np.ndarray:
 
 def word_starts(codes: np.ndarray, doc_starts: np.ndarray | None = None) -> np.ndarray:
     """bool [b, L] from the tokens' codes [b, L]: which positions begin a word. A block's first
-    token and every document start do."""
+    token and every document start (flat positions in [b, L]) do."""
     first = codes & START
     first[:, 1:] |= (codes[:, :-1] & BREAK) >> 1
     first = first.view(bool)  # 0 or 1 in each byte
     if doc_starts is not None:
-        first |= doc_starts
+        first.ravel()[doc_starts] = True
     first[:, 0] = True
     return first
 
