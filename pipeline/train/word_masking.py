@@ -187,10 +187,10 @@ class WordMasker(Masker):
         walk, done at once); a document start or a special token also begins a span."""
         words_per_block = np.count_nonzero(starts, axis=1)
         block_first_word = np.cumsum(words_per_block) - words_per_block
-        n = np.ones(starts.shape, dtype=np.int16)
+        n = np.ones(starts.shape, dtype=np.int32)  # int32: numpy's int16 cumsum is 3x slower
         for cut in self._length_cuts:
             n += draws >= cut
-        offset = np.cumsum(n, axis=1, dtype=np.int16)  # the first word of span k + 1
+        offset = np.cumsum(n, axis=1)  # the first word of span k + 1
         offset -= n  # ... of span k, inside its block
         inside = offset < words_per_block[:, None]
         span_start = np.zeros(first.size, dtype=bool)

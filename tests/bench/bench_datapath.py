@@ -160,7 +160,7 @@ def run(data: str, args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, f
     def ours(workers: int, masking: str = "token") -> Callable[[], Iterable[dict]]:
         def batches() -> Iterable[dict]:
             # cold: every pass decompresses again; word masking needs the document starts
-            dataset = BlockDataset(data, "train", with_doc_ids=masking != "token")
+            dataset = BlockDataset(data, "train", with_doc_starts=masking != "token")
             order = BlockSampler(dataset.chunk_sizes, batch_size=args.batch_size, seed=0)
             loader = DataLoader(dataset, sampler=order, batch_size=None, num_workers=workers,
                                 collate_fn=MLMCollator(specs[masking], seed=0))  # fmt: skip
@@ -168,7 +168,7 @@ def run(data: str, args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, f
 
         return batches
 
-    in_memory = BlockDataset(data, "train", with_doc_ids=True)
+    in_memory = BlockDataset(data, "train", with_doc_starts=True)
     blocks = [in_memory[batch_keys] for batch_keys in keys]
 
     def collator_alone(masking: str) -> Callable[[], Iterable[dict]]:

@@ -28,10 +28,16 @@ def test_a_data_path_without_masked_tokens_fails_the_benchmark(
     monkeypatch.setattr(bench_datapath, "MLMCollator", MasksNothing)
     assert bench_datapath.main(["--data", shards, "--quick"]) == 1
     out, err = capsys.readouterr()
-    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
-    assert out.startswith("contestant") and set(rows) == {"pipeline", "HF"}, out
-    assert rows["pipeline"][1:2] == ["4"] and rows["pipeline"][3] == "0", "measured, and shown"
-    assert "FAILED: pipeline: produced no masked tokens in 4 batches" in err
+    width = bench_datapath.NAME_WIDTH
+    rows = {line[:width].strip(): line[width:].split() for line in out.splitlines()[1:]}
+    assert out.startswith("contestant"), out
+    ours = {"pipeline", "whole-word", "ngram"} | {
+        f"collator {m}" for m in ("token", "whole-word", "ngram")
+    }
+    assert set(rows) == ours | {"HF collator", "HF recipe"}, out
+    for name in ours:
+        assert rows[name][0] == "4" and rows[name][2] == "0", "measured, and shown"
+        assert f"FAILED: {name}: produced no masked tokens in 4 batches" in err
     assert "HF collator" not in err and "HF recipe" not in err, "they still mask"
 
 

@@ -370,3 +370,30 @@ def test_collator_masks_words_the_same_from_batches_and_examples() -> None:
     assert set(fast) == {"input_ids", "labels"}  # no attention mask unless --doc-attention
     assert torch.equal(fast["labels"], slow["labels"]) and (fast["labels"] != -100).any()
     assert torch.equal(fast["input_ids"], slow["input_ids"])
+
+
+def test_the_dataset_hands_over_document_starts_as_positions(shards: str) -> None:
+    from pipeline.train.dataset import BlockDataset
+    from pipeline.train.word_starts import document_starts
+
+    data = BlockDataset(shards, "train", with_doc_ids=True, with_doc_starts=True)
+    length = data.block_size
+    keys = [*range(5, 4000, 97), 3000 + len(data)]  # across record batches, one of epoch 1
+    batch = data[keys]
+    from_ids = set(np.flatnonzero(document_starts(batch.doc_ids)).tolist())
+    given = set(batch.doc_starts.tolist())
+    assert len(given) > len(keys) and given <= from_ids  # saw real starts
+    assert from_ids - given <= set(range(0, len(keys) * length, length))  # row starts only
+    example = data[keys[2]]
+    assert example["doc_starts"].tolist() == sorted(
+        p - 2 * length for p in given if 2 * length <= p < 3 * length
+    )
+    words = build_word_table(json.loads((BERT / "tokenizer.json").read_text()), 30_522)
+    spec = MaskingSpec.from_manifest(data.tokenizer, strategy="ngram", words=words)
+    masker = make_masker(spec)
+    args = (batch.tokens, batch.block_index, batch.epoch, 3)
+    by_ids, by_starts = (
+        masker(*args, doc_ids=batch.doc_ids),
+        masker(*args, doc_starts=batch.doc_starts),
+    )
+    assert np.array_equal(by_ids[1], by_starts[1]) and np.array_equal(by_ids[0], by_starts[0])
