@@ -104,12 +104,11 @@ class WordMasker(Masker):
         self._buffers: dict[str, np.ndarray] = {}
 
     def _buffer(self, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
-        """Scratch memory kept between calls ("positions" holds 0, 1, 2, ...)."""
+        """Scratch memory kept between calls."""
         size = int(np.prod(shape))
         buf = self._buffers.get(name)
         if buf is None or buf.size < size:
-            buf = np.arange(size, dtype=dtype) if name == "positions" else np.empty(size, dtype)
-            self._buffers[name] = buf
+            buf = self._buffers[name] = np.empty(size, dtype)
         return buf[:size].reshape(shape)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -137,9 +136,7 @@ class WordMasker(Masker):
         codes = self._codes[tokens]
         starts = word_starts(codes, doc_starts)
         flat_starts = starts.ravel()
-        num_words = int(np.count_nonzero(flat_starts))
-        first = self._buffer("first", (num_words,), np.int64)  # each word's first token
-        np.compress(flat_starts, self._buffer("positions", (tokens.size,), np.int64), out=first)
+        first = np.flatnonzero(flat_starts)  # each word's first token
         specials = np.flatnonzero(codes & SPECIAL)  # few: a word of their own each
         # The draw of bits 63-40 below the threshold, compared without a shift.
         below = self._lucky_below
@@ -187,19 +184,24 @@ class WordMasker(Masker):
         walk, done at once); a document start or a special token also begins a span."""
         words_per_block = np.count_nonzero(starts, axis=1)
         block_first_word = np.cumsum(words_per_block) - words_per_block
-        n = np.ones(starts.shape, dtype=np.int32)  # int32: numpy's int16 cumsum is 3x slower
+        n = self._buffer("lengths", starts.shape, np.int32)  # int32: int16 cumsum is 3x slower
+        n.fill(1)
         for cut in self._length_cuts:
             n += draws >= cut
-        offset = np.cumsum(n, axis=1)  # the first word of span k + 1
+        offset = self._buffer("offsets", starts.shape, np.int32)
+        np.cumsum(n, axis=1, out=offset)  # the first word of span k + 1
         offset -= n  # ... of span k, inside its block
         inside = offset < words_per_block[:, None]
+        offset += block_first_word[:, None].astype(np.int32)  # ... among all words
         span_start = np.zeros(first.size, dtype=bool)
-        span_start[offset[inside] + np.repeat(block_first_word, inside.sum(axis=1))] = True
-        special_w = np.searchsorted(first, specials)  # the word of each special token
-        span_start[special_w] = True
-        span_start[special_w[special_w + 1 < first.size] + 1] = True
+        span_start[offset.ravel()[inside.ravel()]] = True
+        # A special token is a span of its own; a document start begins one.
+        hard = np.zeros(starts.size, dtype=bool)
+        hard[specials] = True
+        hard[specials[specials + 1 < starts.size] + 1] = True
         if doc_starts is not None:
-            span_start[np.searchsorted(first, doc_starts)] = True
+            hard[doc_starts] = True
+        span_start |= hard[starts.ravel()]
         span_first = np.flatnonzero(span_start)
         chosen = lucky_w[span_first]  # a special token is a span of its own, never lucky
         picked = np.flatnonzero(chosen)
