@@ -184,11 +184,12 @@ class WordMasker(Masker):
         walk, done at once); a document start or a special token also begins a span."""
         words_per_block = np.count_nonzero(starts, axis=1)
         block_first_word = np.cumsum(words_per_block) - words_per_block
-        n = self._buffer("lengths", starts.shape, np.int32)  # int32: int16 cumsum is 3x slower
+        spans = (starts.shape[0], int(words_per_block.max()))  # a block has at most that many
+        n = self._buffer("lengths", spans, np.int32)  # int32: numpy's int16 cumsum is 3x slower
         n.fill(1)
         for cut in self._length_cuts:
-            n += draws >= cut
-        offset = self._buffer("offsets", starts.shape, np.int32)
+            n += draws[:, : spans[1]] >= cut
+        offset = self._buffer("offsets", spans, np.int32)
         np.cumsum(n, axis=1, out=offset)  # the first word of span k + 1
         offset -= n  # ... of span k, inside its block
         inside = offset < words_per_block[:, None]
