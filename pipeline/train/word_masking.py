@@ -101,6 +101,7 @@ class WordMasker(Masker):
         self._lucky_below = np.uint64(high) if high < 1 << 64 else None
         # Scratch arrays reused by every call: fresh ones of this size (~0.5 MB for 512 x 128)
         # are page-faulted in anew each time, which measured as much as the masking itself.
+        # So one masker serves one thread (each DataLoader worker unpickles its own).
         self._buffers: dict[str, np.ndarray] = {}
 
     def _buffer(self, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
