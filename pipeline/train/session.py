@@ -82,7 +82,7 @@ def setup(cfg: TrainConfig, rt: Runtime) -> Session:
     prior = checkpoint.read_state(resume_from) if resume_from else None
     words = None  # whole-word and ngram masking: which ids begin a word (refused if unknown)
     if cfg.masking != "token":
-        words = load_word_table(Path(cfg.data, TOKENIZER_FILE), int(tok["vocab_size"]))
+        words = load_word_table(Path(cfg.data, TOKENIZER_FILE), tok.vocab_size)
     checkpoint.prepare_run(cfg.output, prior, cfg.to_dict(), rt.world_size, rt.rank)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = load_model(str(resume_from) if resume_from else cfg.model, tok, block_size)
@@ -125,7 +125,7 @@ def setup(cfg: TrainConfig, rt: Runtime) -> Session:
     )
     if rt.rank == 0:  # the rule used, beside the metrics: RUN/masking.json
         Path(cfg.output).mkdir(parents=True, exist_ok=True)
-        record = describe_masking(spec) | {"tokenizer_sha256": tok["sha256"]}
+        record = describe_masking(spec) | {"tokenizer_sha256": tok.sha256}
         Path(cfg.output, "masking.json").write_text(json.dumps(record, indent=1) + "\n")
     sampler = BlockSampler(
         train_data.chunk_sizes,
