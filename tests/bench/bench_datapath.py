@@ -215,10 +215,9 @@ def run(data: str, args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, f
                          "masked_tokens_per_s": masked / max(seconds, 1e-9)}  # fmt: skip
         if name in BASELINES:  # the median over rounds of this round's ratio: robust to load
             paired = zip(rounds, passes[BASELINES[name]], strict=True)
-            ratios = [
-                (m / max(t, 1e-9)) / (bm / max(bt, 1e-9)) for (t, m, _), (bt, bm, _) in paired
-            ]
-            results[name]["vs_token"] = float(np.median(ratios))
+            ratios = [(m / max(t, 1e-9)) / (bm / bt) for (t, m, _), (bt, bm, _) in paired if bm]
+            if ratios:  # a baseline that masked nothing is reported by problems()
+                results[name]["vs_token"] = float(np.median(ratios))
     return results
 
 
