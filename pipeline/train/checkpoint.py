@@ -90,7 +90,7 @@ def prepare_run(
             )
     keys = ("batch_size", "grad_accum", "lr", "max_steps", "epochs", "mlm_probability")
     keys += ("masking", "max_ngram")
-    changed = [k for k in keys if old.get(k) != config[k]]
+    changed = [k for k in keys if old.get(k, config[k]) != config[k]]  # absent: older run
     if prior.get("world_size") != world_size:
         changed.append("world size")
     if changed:
