@@ -22,17 +22,20 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         default=None,
-        help="local Ray workers (default: all cores); ignored on a cluster",
+        help="worker processes on this machine (default: all cores); ignored on a cluster",
     )
     p.add_argument("--threads-per-worker", type=int, default=1)
     p.add_argument(
         "--backend",
-        choices=["ray", "local"],
-        default="ray",
-        help="ray (default) or local: run units in this process, no Ray",
+        choices=["processes", "ray", "local"],
+        default="processes",
+        help="processes (default): forked workers on this machine; ray: a local Ray, or the "
+        "cluster at --ray-address; local: every unit in this process (debugging)",
     )
     p.add_argument(
-        "--ray-address", default=None, help="an existing cluster ('auto' inside `ray job submit`)"
+        "--ray-address",
+        default=None,
+        help="an existing cluster, implies --backend ray ('auto' inside `ray job submit`)",
     )
     p.add_argument(
         "--storage-endpoint",
@@ -47,7 +50,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.format import storage
-    from pipeline.run.runner import LocalExecutor, run_pipeline
+    from pipeline.run.runner import executor_for, run_pipeline
 
     if args.storage_endpoint:
         os.environ[storage.ENDPOINT_ENV] = args.storage_endpoint
@@ -59,16 +62,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             "pass 1 (the default) or more"
         )
     config = run_config.from_args(args)
-    if args.backend == "local":
-        executor = LocalExecutor()
-    else:
-        from pipeline.run.ray_runner import RayExecutor
-
-        executor = RayExecutor(
-            workers=args.workers,
-            address=args.ray_address,
-            threads_per_worker=args.threads_per_worker,
-        )
+    executor = executor_for(
+        "ray" if args.ray_address else args.backend,
+        workers=args.workers,
+        ray_address=args.ray_address,
+        threads_per_worker=args.threads_per_worker,
+    )
     result = run_pipeline(
         config,
         executor,

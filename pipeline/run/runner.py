@@ -1,8 +1,9 @@
 """Run the pipeline: plan units, skip finished ones, run the rest, stitch leftovers, commit.
 
-Execution is pluggable (`Executor`): `LocalExecutor` runs units in this process (tests,
-debugging); `pipeline.run.ray_runner.RayExecutor` runs them as Ray tasks. Both call
-`process.process_unit` and nothing else. The stitching step packs every unit's leftover, in
+Execution is pluggable (`Executor`): `pipeline.run.worker_pool.ProcessExecutor` runs units in
+forked worker processes (the default on one machine); `pipeline.run.ray_runner.RayExecutor` runs
+them as Ray tasks (clusters); `LocalExecutor` runs them in this process (tests, debugging). All
+call `process.process_unit` and nothing else. The stitching step packs every unit's leftover, in
 unit order, into one last shard per split, so a whole run drops less than one block per split.
 The manifest is written last; timings go to a separate file so the manifest is deterministic.
 """
@@ -18,7 +19,7 @@ from typing import Any, Protocol, TextIO
 
 from pipeline import __version__
 from pipeline.core.split import SPLITS
-from pipeline.errors import DataError, brief
+from pipeline.errors import DataError, UsageError, brief
 from pipeline.format import storage
 from pipeline.format.manifest import (
     InputRecord,
@@ -75,6 +76,28 @@ class LocalExecutor:
     ) -> Iterator[UnitSummary]:
         for unit in units:
             yield process_unit(unit, config, tokenizer_sha256, digest)
+
+
+def executor_for(
+    backend: str, *, workers: int | None, ray_address: str | None, threads_per_worker: int
+) -> Executor:
+    """`pipeline run --backend`: processes (the default on one machine), ray, or local."""
+    if backend == "local":
+        return LocalExecutor()
+    if backend == "ray":
+        from pipeline.run.ray_runner import RayExecutor  # Ray imports slowly: only when asked
+
+        return RayExecutor(
+            workers=workers, address=ray_address, threads_per_worker=threads_per_worker
+        )
+    if backend == "processes":
+        from pipeline.run.worker_pool import ProcessExecutor
+
+        return ProcessExecutor(workers=workers, threads_per_worker=threads_per_worker)
+    raise UsageError(
+        f"--backend: expected processes, ray or local, found {backend!r}; processes is the "
+        "default on one machine"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -25,7 +25,7 @@ Work = Callable[[WorkUnit], UnitSummary]
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def _die_with(parent: int) -> None:
+def die_with(parent: int) -> None:
     """Ask Linux to kill this child when the driver dies (SIGKILL included), so no orphan
     keeps writing into an output folder that a rerun is using."""
     try:
@@ -40,7 +40,7 @@ def _die_with(parent: int) -> None:
 def _child(
     units: list[WorkUnit], work: Work, next_unit: Any, stopped: Any, out: Any, parent: int
 ) -> None:
-    _die_with(parent)
+    die_with(parent)
     while True:
         if os.getppid() != parent:
             os._exit(1)

@@ -17,7 +17,8 @@ from pipeline.format.manifest import load_manifest
 from pipeline.format.shards import ShardReader
 from pipeline.run.output_folder import exclusive
 from pipeline.run.runner import LocalExecutor, run_pipeline
-from tests.conftest import BERT, UNIGRAM, make_config
+from pipeline.run.worker_pool import ProcessExecutor
+from tests.conftest import BERT, DICTWIKI, UNIGRAM, make_config
 
 
 def _digest_tree(out: Path) -> dict[str, str]:
@@ -27,6 +28,28 @@ def _digest_tree(out: Path) -> dict[str, str]:
         for p in sorted(out.rglob("*"))
         if p.is_file() and p.name != "timings.json"
     }
+
+
+@pytest.fixture(scope="module")
+def unigram_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """All of dictwiki (9 units) in this process: what every executor must write byte for byte."""
+    out = tmp_path_factory.mktemp("unigram-reference") / "out"
+    run_pipeline(make_config(DICTWIKI, UNIGRAM, out), LocalExecutor(), progress_stream=None)
+    return out
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["1-process", "2-processes"])
+def test_worker_processes_write_the_same_bytes_as_one_process(
+    tmp_path: Path, unigram_reference: Path, workers: int
+) -> None:
+    out = tmp_path / "out"
+    result = run_pipeline(
+        make_config(DICTWIKI, UNIGRAM, out), ProcessExecutor(workers=workers), progress_stream=None
+    )
+    assert result.num_units_run == result.num_units == 9
+    assert result.manifest["splits"]["train"]["num_blocks"] > 9_000
+    assert result.num_tokens > 1_000_000
+    assert _digest_tree(out) == _digest_tree(unigram_reference)
 
 
 def test_real_run_balances_and_splits_by_document(bert_output: Path) -> None:
