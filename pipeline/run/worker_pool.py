@@ -129,8 +129,9 @@ class ProcessExecutor:
             for worker in busy:
                 unit = worker.unit
                 assert unit is not None
-                if worker.conn.poll():  # a reply sent before an exit is read first
-                    kind, value = worker.conn.recv()
+                reply = self._reply(worker)
+                if reply is not None:
+                    kind, value = reply
                     if kind == "error":
                         raise value
                     worker.give(queue.popleft() if queue else None)
@@ -149,6 +150,17 @@ class ProcessExecutor:
                     replacement = _Worker(ctx, work, self.threads)
                     self._pool.append(replacement)
                     replacement.give(unit)
+
+    @staticmethod
+    def _reply(worker: _Worker) -> tuple[str, Any] | None:
+        """The worker's reply if one is there (a reply sent before an exit is read first)."""
+        if not worker.conn.poll():
+            return None
+        try:
+            return worker.conn.recv()
+        except EOFError:  # it died: the pipe's end closed with it
+            worker.process.join()
+            return None
 
     def close(self) -> None:
         """Stop every worker (the unit in hand is abandoned: its shards are not published, a

@@ -1,0 +1,86 @@
+"""The process pool under faults: a killed worker, a worker that keeps dying, Ctrl-C.
+
+(Its determinism over worker counts is in test_runner.py, beside the in-process reference.)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import DataError
+from pipeline.run.faults import FAULT_MARKER_ENV, FAULT_UNIT_ENV
+from pipeline.run.runner import LocalExecutor, run_pipeline
+from pipeline.run.worker_pool import ProcessExecutor
+from tests.conftest import BERT, REPO
+from tests.run.test_runner import _digest_tree, make_config
+
+UNIT = 256 * 1024  # one dictwiki file -> 4 units
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, dictwiki_one_file: Path) -> Path:
+    out = tmp_path_factory.mktemp("pool-reference") / "out"
+    config = make_config(dictwiki_one_file, BERT, out, unit_bytes=UNIT)
+    assert run_pipeline(config, LocalExecutor(), progress_stream=None).num_units == 4
+    return out
+
+
+def test_a_killed_worker_is_replaced_and_its_unit_redone(
+    tmp_path: Path, reference: Path, dictwiki_one_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker = tmp_path / "killed"
+    monkeypatch.setenv(FAULT_UNIT_ENV, "3")
+    monkeypatch.setenv(FAULT_MARKER_ENV, str(marker))
+    out = tmp_path / "out"
+    config = make_config(dictwiki_one_file, BERT, out, unit_bytes=UNIT)
+    result = run_pipeline(config, ProcessExecutor(workers=2), progress_stream=None)
+    assert "killed unit 3" in marker.read_text(), "the fault really happened"
+    assert result.num_units_run == 4 and result.num_tokens > 100_000
+    assert _digest_tree(out) == _digest_tree(reference)
+
+
+def test_a_worker_that_keeps_dying_fails_the_run_with_one_line(
+    tmp_path: Path, dictwiki_one_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(FAULT_UNIT_ENV, "2")
+    monkeypatch.setenv(FAULT_MARKER_ENV, str(tmp_path / "killed"))
+    out = tmp_path / "out"
+    config = make_config(dictwiki_one_file, BERT, out, unit_bytes=UNIT)
+    with pytest.raises(DataError, match=r"expected work unit 2 to finish, found its worker .*"
+                       r"exited with code 137 1 times; .*rerun the same command"):  # fmt: skip
+        run_pipeline(config, ProcessExecutor(workers=2, max_retries=0), progress_stream=None)
+    assert not (out / "manifest.json").exists()
+
+
+def test_ctrl_c_stops_every_process_with_one_line_and_the_rerun_resumes(
+    tmp_path: Path, reference: Path, dictwiki_one_file: Path
+) -> None:
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "pipeline.commands.cli", "run", "--quiet", "--workers", "2",
+           "--input", str(dictwiki_one_file), "--tokenizer", str(BERT), "--output", str(out),
+           "--unit-bytes", str(UNIT)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # A terminal's Ctrl-C signals the whole foreground process group: driver and workers.
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not list(out.glob("train/shard-*.json")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["interrupted: rerun the same command to resume"]
+    assert not (out / "manifest.json").exists()
+    time.sleep(0.2)
+    with pytest.raises(ProcessLookupError):  # no worker outlived the driver
+        os.killpg(proc.pid, 0)
+    rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    assert "run now)" in rerun.stdout and "(4 run now)" not in rerun.stdout
+    assert _digest_tree(out) == _digest_tree(reference)
