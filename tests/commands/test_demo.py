@@ -190,7 +190,6 @@ def test_demo_training_flags_are_ones_pipeline_train_accepts(tmp_path: Path) -> 
     assert (parsed.batch_size, parsed.lr) == (32, 1e-3)
 
 
-@pytest.mark.ray
 @pytest.mark.timeout(120)
 def test_demo_runs_end_to_end_then_resumes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
