@@ -172,8 +172,12 @@ class BlockDataset:
         tokens = np.empty((keys.size, self.block_size), dtype=self.dtype)
         doc_ids = np.zeros((keys.size, self.block_size), np.int32) if self.with_doc_ids else None
         starts: list[np.ndarray] = []
-        for c in np.unique(chunk):
-            rows = np.flatnonzero(chunk == c)
+        # Rows grouped by chunk with a sort, not np.unique: numpy 2's unique imports numpy.ma
+        # (measured 30-40 ms, before a trainer's first batch and in every DataLoader worker).
+        order = np.argsort(chunk, kind="stable")
+        bounds = np.flatnonzero(np.diff(chunk[order])) + 1
+        for rows in np.split(order, bounds) if keys.size else []:
+            c = chunk[rows[0]]
             local = block[rows] - self.chunk_starts[c]
             chunk_tokens, values, offsets = self._chunk(int(c))
             tokens[rows] = chunk_tokens[local]

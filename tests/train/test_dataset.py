@@ -181,3 +181,28 @@ def test_an_empty_split_or_an_old_format_is_refused(shards_copy: Path) -> None:
     path.write_text(json.dumps(manifest))
     with pytest.raises(DataError, match="expected format_version 1, found 99"):
         BlockDataset(str(shards_copy), "train")
+
+
+def test_the_first_batch_imports_nothing_heavy(shards: str) -> None:
+    """pandas (pulled in by Array.to_numpy), pyarrow.compute and numpy.ma cost 30-400 ms
+    before a trainer's first batch, again in every DataLoader worker (issue 12)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from pipeline.train.dataset import BlockDataset\n"
+        "from pipeline.train.sampler import BlockSampler\n"
+        f"data = BlockDataset({shards!r}, 'train', with_doc_ids=True)\n"
+        "keys = next(iter(BlockSampler(data.chunk_sizes, batch_size=32, seed=0)))\n"
+        "batch = data.fetch(keys)\n"
+        "assert batch.tokens.shape == (32, 128) and batch.tokens.any()\n"
+        "print(sorted(m for m in ('pandas', 'pyarrow.compute', 'numpy.ma') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_an_empty_key_list_is_an_empty_batch(shards: str) -> None:
+    batch = BlockDataset(shards, "train").fetch([])
+    assert batch.tokens.shape == (0, 128)
