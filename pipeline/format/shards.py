@@ -140,10 +140,11 @@ class ShardWriter:
             self._num_pending = rest.num_blocks
 
     def _write_batch(self, blocks: Blocks) -> None:
-        tokens = blocks.tokens.astype(self._np_dtype, copy=False).ravel()
-        ids = pa.FixedSizeListArray.from_arrays(pa.array(tokens), self.meta.block_size)
+        tokens = _arrow(blocks.tokens.ravel(), self._np_dtype)
+        ids = pa.FixedSizeListArray.from_arrays(tokens, self.meta.block_size)
         starts = pa.ListArray.from_arrays(
-            pa.array(blocks.start_offsets, pa.int32()), pa.array(blocks.start_values, pa.uint16())
+            _arrow(blocks.start_offsets, np.dtype(np.int32)),
+            _arrow(blocks.start_values, np.dtype(np.uint16)),
         )
         self._writer.write_batch(pa.record_batch([ids, starts], schema=self._schema))
         self._num_blocks += blocks.num_blocks
@@ -162,6 +163,14 @@ class ShardWriter:
             num_blocks=self._num_blocks,
             num_doc_starts=self._num_starts,
         )
+
+
+def _arrow(values: np.ndarray, dtype: np.dtype) -> pa.Array:
+    """A numpy array as an Arrow array over the same bytes. `pa.array(ndarray)` imports
+    pandas on first use: measured 0.78 s of CPU in every worker process before its first shard."""
+    values = np.ascontiguousarray(values, dtype=dtype)
+    arrow_type = pa.from_numpy_dtype(dtype)
+    return pa.Array.from_buffers(arrow_type, len(values), [None, pa.py_buffer(values)])
 
 
 def _slice(blocks: Blocks, start: int, stop: int) -> Blocks:

@@ -1,22 +1,35 @@
-"""Side-by-side throughput benchmark (a script, not a test): the recipe, the floor, the limit,
-datatrove and `pipeline run`, on the same corpus, in one run, on this machine.
+"""Side-by-side preprocessing benchmark (a script, not a test): `pipeline run` against its
+peers and against the tokenizer's own limit, on the same corpus, interleaved, in one run.
 
-    .venv/bin/python tests/bench/bench_pipeline.py                # ~100 MB corpus, both tokenizers
-    .venv/bin/python tests/bench/bench_pipeline.py --quick        # seconds; CI runs this
+    .venv/bin/python tests/bench/bench_pipeline.py            # dictwiki x1 and x8, both tokenizers
+    .venv/bin/python tests/bench/bench_pipeline.py --quick    # seconds; CI runs this (no asserts
+                                                              # on time: shared machines are noisy)
 
-Every contestant runs in its own subprocess on the same parquet files (page-cached by a first
-read). tokens/s has the same numerator for all (the documents' tokens without specials, as the
-floor counts them) over each contestant's wall time, so the ratios compare like with like.
+Every contender runs in its own subprocess on the same parquet files (page-cached by a first
+read), with the same tokenizer settings (no truncation, no padding, no specials counted) and the
+same worker count (2). Contenders are run in rounds, each round in a rotated order, so that a
+slow minute of the machine hits all of them alike; figures are medians over rounds.
+
+Load: a shared machine is measured too. For each run the script reads the machine's busy CPU
+time from /proc/stat and subtracts the contender's own (its process tree's rusage): the rest is
+other load, in cores. A run with more than `--max-other` cores of other load is *disturbed*:
+the median uses only undisturbed runs when there are any, and every table says which figures
+were taken under load and how much.
+
 * floor: `encode_batch_fast` over the texts already in memory, default Rayon threads, no I/O
-* limit: the same on one thread (RAYON_NUM_THREADS=1) times the number of cores, as defined
-* limit, measured: one single-thread process per core, all at once, texts in memory: what the
-  cores really give together (they share caches, memory bandwidth and turbo headroom)
-* recipe: load_dataset("parquet") + map(tokenizer, batched, num_proc=2) + group_texts(128,
-  batch 1000, num_proc=2) + train_test_split(0.05); its bytes are the map caches
-* datatrove: ParquetReader + DocumentTokenizer, LocalPipelineExecutor(tasks=2, workers=2)
-* pipeline wN: `pipeline run --workers N` (local Ray, start-up included)
-B/token is bytes on disk per token stored (blocks for the pipeline and the recipe, datatrove's
-token files for datatrove). Peak MiB is per worker process.
+* limit: one single-thread tokenizer process per core, all at once, texts in memory (what the
+  cores give together: they share caches, memory bandwidth and turbo headroom)
+* pipeline: `pipeline run --workers 2` (default executor: forked worker processes)
+* pipeline ray: `pipeline run --workers 2 --backend ray` (an embedded local Ray)
+* litdata 0.2.76: `optimize(fn, inputs=[(file, row_group)...], item_loader=TokensLoader(),
+  num_workers=2)`, tokenizer loaded once per worker, one Rayon thread per worker, uint16 ids
+  (uint32 for a vocabulary above 65,535), no compression: its LLM-pretraining recipe
+* datatrove 0.10.1 (`--peers`): ParquetReader + DocumentTokenizer, 2 tasks, 2 workers
+* recipe (`--peers`): datasets map + group_texts, num_proc=2
+tokens/s has one numerator for all: the documents' tokens (no specials) as the floor counts
+them, over each contender's wall time; every contender's own stored count is checked equal.
+Fixed cost: the wall time of a run over one tiny row group (start-up + shutdown, no real work).
+Bytes: on-disk bytes per stored token against the order-0 entropy of the stored id stream.
 """
 
 from __future__ import annotations
@@ -25,30 +38,34 @@ import argparse
 import importlib.util
 import json
 import os
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
-BIN = Path(sys.executable).parent
 CORES = os.cpu_count() or 1
 sys.path.insert(0, str(REPO))
 
 from pipeline.format.manifest import load_manifest  # noqa: E402
 
+WORKERS = 2
 READ_TEXTS = """
 import glob, pyarrow.parquet as pq
 from tokenizers import Tokenizer
 table = pq.read_table(sorted(glob.glob("{corpus}/*.parquet")), columns=["text"])
-texts = table.column("text").to_pylist()[::{every}]
+texts = table.column("text").to_pylist()
 tok = Tokenizer.from_file("{tokenizer}"); tok.no_padding(); tok.no_truncation()
 def encode(part):
     n = 0
@@ -56,6 +73,174 @@ def encode(part):
         n += sum(len(e) for e in tok.encode_batch_fast(part[i:i + 1000], add_special_tokens=False))
     return n
 """
+LITDATA = """
+import glob, shutil
+import numpy as np, pyarrow.parquet as pq
+from litdata import optimize
+from litdata.streaming.item_loader import TokensLoader
+_TOK = None
+def tokenize(item):
+    global _TOK
+    if _TOK is None:  # once per worker
+        from tokenizers import Tokenizer
+        _TOK = Tokenizer.from_file("{tokenizer}"); _TOK.no_padding(); _TOK.no_truncation()
+    path, rg = item
+    texts = pq.ParquetFile(path).read_row_group(rg, columns=["text"]).column("text").to_pylist()
+    for e in _TOK.encode_batch_fast(texts, add_special_tokens=False):
+        yield np.asarray(e.ids, dtype="{dtype}")
+if __name__ == "__main__":
+    files = sorted(glob.glob("{corpus}/*.parquet"))
+    inputs = [(f, rg) for f in files for rg in range(pq.ParquetFile(f).num_row_groups)]
+    optimize(fn=tokenize, inputs=inputs, output_dir="{out}", chunk_size=129 * 2048,
+             item_loader=TokensLoader(), num_workers={workers}, verbose=False)
+    index = json.load(open("{out}/index.json"))
+    RESULT = {{"out_bytes": sum(c["chunk_bytes"] for c in index["chunks"]),
+              "stored_tokens": sum(c["dim"] for c in index["chunks"])}}
+"""
+
+# --------------------------------------------------------------------------- measuring
+
+
+def busy_seconds() -> float:
+    """CPU-seconds the whole machine has been busy (all cores), from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def measured(run: Callable[[], dict]) -> dict:
+    """run() plus its wall time, its process tree's CPU time and the other load meanwhile."""
+    busy, cpu, t = busy_seconds(), children_cpu(), time.perf_counter()
+    result = run()
+    wall = time.perf_counter() - t
+    own = children_cpu() - cpu
+    other = max(0.0, busy_seconds() - busy - own) / wall
+    return {**result, "wall": wall, "cpu": own, "other_cores": other}
+
+
+def run_child(code: str, env: dict[str, str] | None = None, main: bool = False) -> dict:
+    """Runs code in a fresh interpreter that sets RESULT (as a script when `main`, for
+    libraries that spawn workers and re-import __main__)."""
+    body = "import json, sys, time\n" + textwrap.dedent(code)
+    if main:
+        body += "\n    print(json.dumps(RESULT))\n"
+    else:
+        body += "\nprint(json.dumps(RESULT))\n"
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+        f.write(body)
+    try:
+        out = subprocess.run([sys.executable, f.name], capture_output=True, text=True,
+                             env={**os.environ, **(env or {})})  # fmt: skip
+    finally:
+        os.unlink(f.name)
+    if out.returncode:
+        raise RuntimeError(out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- contenders
+
+
+def floor(corpus: Path, tokenizer: str) -> dict:
+    code = READ_TEXTS.format(corpus=corpus, tokenizer=tokenizer) + (
+        "t = time.perf_counter(); n = encode(texts)\n"
+        "RESULT = {'seconds': time.perf_counter() - t, 'tokens': n}\n"
+    )
+    return run_child(code)
+
+
+def limit(corpus: Path, tokenizer: str) -> dict:
+    """One single-thread tokenizer per core, all at once, over texts already in memory."""
+    code = READ_TEXTS.format(corpus=corpus, tokenizer=tokenizer) + textwrap.dedent(
+        f"""
+        import multiprocessing as mp
+        def encode_part(k):  # the forked workers hold the texts: only k is sent
+            return encode(texts[k::{CORES}])
+        with mp.get_context("fork").Pool({CORES}) as pool:
+            t = time.perf_counter(); n = sum(pool.map(encode_part, range({CORES})))
+        RESULT = {{"seconds": time.perf_counter() - t, "tokens": n}}
+        """
+    )
+    return run_child(code, {"RAYON_NUM_THREADS": "1"})
+
+
+def litdata(corpus: Path, tokenizer: str, out: Path, dtype: str) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    code = LITDATA.format(corpus=corpus, tokenizer=tokenizer, out=out, dtype=dtype,
+                          workers=WORKERS)  # fmt: skip
+    return run_child(code, {"RAYON_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}, True)
+
+
+def pipeline(corpus: Path, tokenizer: str, out: Path, workers: int, *extra: str) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-m", "pipeline.commands.cli", "run", "--quiet", "--workers",
+           str(workers), "--input", str(corpus), "--tokenizer", tokenizer, "--output", str(out),
+           *extra]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run(cmd, check=True, capture_output=True, env=env, cwd=REPO)
+    splits = load_manifest(str(out)).splits.values()
+    return {
+        "out_bytes": sum(s.num_bytes for s in splits),
+        "stored_tokens": sum(s.num_tokens for s in splits),
+        "document_tokens": sum(s.ledger.num_document_tokens for s in splits),
+    }
+
+
+def datatrove(corpus: Path, tokenizer: str, out: Path, token_size: int) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    code = f"""
+        from pathlib import Path
+        from datatrove.executor import LocalPipelineExecutor
+        from datatrove.pipeline.readers import ParquetReader
+        from datatrove.pipeline.tokens import DocumentTokenizer
+        out = Path("{out}")
+        LocalPipelineExecutor(pipeline=[
+            ParquetReader("{corpus}", text_key="text", id_key="id"),
+            DocumentTokenizer(str(out), tokenizer_name_or_path="{tokenizer}",
+                              shuffle_documents=False, save_loss_metadata=False),
+        ], tasks={WORKERS}, workers={WORKERS}, logging_dir=str(out) + "-logs").run()
+        files = [p for p in out.rglob("*") if p.is_file()]
+        RESULT = {{"out_bytes": sum(p.stat().st_size for p in files),
+                  "stored_tokens": sum(p.stat().st_size for p in files
+                                       if p.suffix == ".ds") // {token_size}}}
+    """
+    return run_child(code, {"TOKENIZERS_PARALLELISM": "false"})
+
+
+def recipe(corpus: Path, tok_folder: str, work: Path) -> dict:
+    shutil.rmtree(work / "hf-cache", ignore_errors=True)
+    code = f"""
+        import itertools
+        from pathlib import Path
+        import datasets, transformers
+        datasets.disable_progress_bars()
+        cache = Path("{work}/hf-cache")
+        ds = datasets.load_dataset("parquet", data_files="{corpus}/*.parquet", split="train",
+                                   cache_dir=str(cache))
+        size = lambda: sum(p.stat().st_size for p in cache.rglob("*") if p.is_file())
+        raw = size()
+        tok = transformers.AutoTokenizer.from_pretrained("{tok_folder}")
+        tokd = ds.map(lambda b: tok(b["text"]), batched=True, num_proc={WORKERS},
+                      remove_columns=ds.column_names)
+        def group(ex):
+            cat = {{k: list(itertools.chain.from_iterable(ex[k])) for k in ex}}
+            n = len(cat["input_ids"]) // 128 * 128
+            return {{k: [v[i:i + 128] for i in range(0, n, 128)] for k, v in cat.items()}}
+        lm = tokd.map(group, batched=True, batch_size=1000, num_proc={WORKERS})
+        lm.train_test_split(test_size=0.05, seed=42)
+        RESULT = {{"out_bytes": size() - raw, "stored_tokens": len(lm) * 128}}
+    """
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return run_child(code, env)
+
+
+# --------------------------------------------------------------------------- corpus, rounds
 
 
 def build_corpus(folder: Path, repeats: int, files: int, max_rows: int | None = None) -> int:
@@ -72,203 +257,208 @@ def build_corpus(folder: Path, repeats: int, files: int, max_rows: int | None = 
     for k in range(files):
         name = folder / f"train-{k:05d}-of-{files:05d}.parquet"
         pq.write_table(full.slice(k * step, step), name, row_group_size=1000, compression="zstd")
+    for name in folder.glob("*.parquet"):  # page-cache the files before anyone is timed
+        name.read_bytes()
     return sum(len(t.encode()) for t in full.column("text").to_pylist())
 
 
-def run_child(code: str, env: dict[str, str] | None = None) -> dict:
-    """Runs code in a fresh interpreter that sets RESULT; adds the peak RSS of one process."""
-    script = (
-        "import json, resource, sys, time\n" + textwrap.dedent(code) + "\n"
-        "from pipeline.run.summary import peak_rss_bytes\n"
-        "c = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024\n"
-        "RESULT['peak_rss_mib'] = max(peak_rss_bytes(), c) / 2**20\n"
-        "print(json.dumps(RESULT))\n"
-    )
-    env = {**os.environ, **(env or {})}
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
-    if out.returncode:
-        raise RuntimeError(out.stderr[-3000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def interleaved(contenders: dict[str, Callable[[], dict]], rounds: int, max_other: float,
+                extra: int) -> dict[str, list[dict]]:  # fmt: skip
+    """Rounds in rotated order; up to `extra` more rounds while any contender has fewer
+    undisturbed runs than `rounds` // 2 + 1."""
+    names = list(contenders)
+    runs: dict[str, list[dict]] = {n: [] for n in names}
+    for r in range(rounds + extra):
+        calm = {n: sum(x["other_cores"] <= max_other for x in runs[n]) for n in names}
+        if r >= rounds and min(calm.values()) >= rounds // 2 + 1:
+            break
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            runs[name].append(measured(contenders[name]))
+            x = runs[name][-1]
+            print(f"  round {r + 1} {name:28} {x['wall']:7.2f} s wall {x['cpu']:7.2f} s cpu "
+                  f"other load {x['other_cores']:.2f} cores", flush=True)  # fmt: skip
+    return runs
 
 
-def floor(corpus: Path, tokenizer: str, threads: int | None, every: int = 1) -> dict:
-    env = {"RAYON_NUM_THREADS": str(threads)} if threads else {}
-    code = READ_TEXTS.format(corpus=corpus, tokenizer=tokenizer, every=every) + (
-        "t = time.perf_counter(); n = encode(texts)\n"
-        "RESULT = {'seconds': time.perf_counter() - t, 'tokens': n}\n"
-    )
-    return run_child(code, env)
-
-
-def measured_limit(corpus: Path, tokenizer: str, every: int) -> dict:
-    code = READ_TEXTS.format(corpus=corpus, tokenizer=tokenizer, every=every) + textwrap.dedent(
-        f"""
-        import multiprocessing as mp
-        def encode_part(k):  # the forked workers hold the texts: only k is sent
-            return encode(texts[k::{CORES}])
-        with mp.get_context("fork").Pool({CORES}) as pool:
-            t = time.perf_counter(); n = sum(pool.map(encode_part, range({CORES})))
-        RESULT = {{"seconds": time.perf_counter() - t, "tokens": n}}
-        """
-    )
-    return run_child(code, {"RAYON_NUM_THREADS": "1"})
-
-
-def recipe(corpus: Path, tok_folder: str, work: Path) -> dict:
-    code = f"""
-        import itertools
-        from pathlib import Path
-        import datasets, transformers
-        datasets.disable_progress_bars()
-        cache = Path("{work}/hf-cache")
-        t = time.perf_counter()
-        ds = datasets.load_dataset("parquet", data_files="{corpus}/*.parquet", split="train",
-                                   cache_dir=str(cache))
-        size = lambda: sum(p.stat().st_size for p in cache.rglob("*") if p.is_file())
-        raw = size()
-        tok = transformers.AutoTokenizer.from_pretrained("{tok_folder}")
-        tokd = ds.map(lambda b: tok(b["text"]), batched=True, num_proc=2,
-                      remove_columns=ds.column_names)
-        def group(ex):
-            cat = {{k: list(itertools.chain.from_iterable(ex[k])) for k in ex}}
-            n = len(cat["input_ids"]) // 128 * 128
-            return {{k: [v[i:i + 128] for i in range(0, n, 128)] for k, v in cat.items()}}
-        lm = tokd.map(group, batched=True, batch_size=1000, num_proc=2)
-        split = lm.train_test_split(test_size=0.05, seed=42)
-        RESULT = {{"seconds": time.perf_counter() - t, "out_bytes": size() - raw,
-                  "stored_tokens": len(lm) * 128}}
-    """
-    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return run_child(code, env)
-
-
-def run_datatrove(corpus: Path, tokenizer_json: str, work: Path, token_size: int) -> dict:
-    code = f"""
-        from pathlib import Path
-        from datatrove.executor import LocalPipelineExecutor
-        from datatrove.pipeline.readers import ParquetReader
-        from datatrove.pipeline.tokens import DocumentTokenizer
-        out = Path("{work}/datatrove-{token_size}-{Path(tokenizer_json).stem}")
-        t = time.perf_counter()
-        LocalPipelineExecutor(pipeline=[
-            ParquetReader("{corpus}", text_key="text", id_key="id"),
-            DocumentTokenizer(str(out), tokenizer_name_or_path="{tokenizer_json}",
-                              shuffle_documents=False, save_loss_metadata=False),
-        ], tasks=2, workers=2, logging_dir=str(out) + "-logs").run()  # per run: it skips done tasks
-        files = [p for p in out.rglob("*") if p.is_file()]
-        RESULT = {{"seconds": time.perf_counter() - t,
-                  "out_bytes": sum(p.stat().st_size for p in files),
-                  "stored_tokens": sum(p.stat().st_size for p in files
-                                       if p.suffix == ".ds") // {token_size}}}
-    """
-    return run_child(code, {"TOKENIZERS_PARALLELISM": "false"})
-
-
-def pipeline(corpus: Path, tokenizer: str, out: Path, workers: int, unit_mb: int, *extra: str):
-    shutil.rmtree(out, ignore_errors=True)
-    cmd = [str(BIN / "pipeline"), "run", "--quiet", "--workers", str(workers), "--input",
-           str(corpus), "--tokenizer", tokenizer, "--output", str(out),
-           "--unit-bytes", str(unit_mb * 2**20), *extra]  # fmt: skip
-    t = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True)
-    seconds = time.perf_counter() - t
-    splits = load_manifest(str(out)).splits.values()
-    timings = json.loads((out / "timings.json").read_text())
+def summary(runs: list[dict], max_other: float) -> dict:
+    calm = [x for x in runs if x["other_cores"] <= max_other]
+    use = calm or runs
     return {
-        "seconds": seconds,
-        "out_bytes": sum(s.num_bytes for s in splits),
-        "stored_tokens": sum(s.num_tokens for s in splits),
-        "document_tokens": sum(s.ledger.num_document_tokens for s in splits),
-        "peak_rss_mib": timings["peak_worker_rss_bytes"] / 2**20,
+        "wall": statistics.median(x["wall"] for x in use),
+        "cpu": statistics.median(x["cpu"] for x in use),
+        "seconds": statistics.median(x.get("seconds", x["wall"]) for x in use),
+        "other_cores": statistics.median(x["other_cores"] for x in use),
+        "runs": len(use),
+        "disturbed": not calm,
+        "last": runs[-1],
     }
 
 
-def bench_tokenizer(name: str, corpus: Path, work: Path, quick: bool) -> list[tuple]:
+# --------------------------------------------------------------------------- bytes
+
+
+def entropy_report(out: Path) -> dict:
+    """Bytes per stored token on disk against the order-0 entropy of the stored id stream."""
+    sys.path.insert(0, str(REPO))
+    from pipeline.format.shards import ShardReader
+
+    counts: np.ndarray | None = None
+    for shard in sorted(out.glob("*/shard-*.arrow")):
+        tokens = ShardReader(str(shard)).read_all().tokens.ravel()
+        c = np.bincount(tokens)
+        counts = c if counts is None else _add(counts, c)
+    assert counts is not None
+    p = counts[counts > 0] / counts.sum()
+    bits = float(-(p * np.log2(p)).sum())
+    disk = sum(f.stat().st_size for f in out.glob("*/shard-*.arrow"))
+    tok_json = (out / "tokenizer.json").read_bytes()
+    import zstandard
+
+    return {
+        "entropy_bytes": bits / 8,
+        "disk_bytes": disk / int(counts.sum()),
+        "tokenizer_json": len(tok_json),
+        "tokenizer_json_zstd3": len(zstandard.ZstdCompressor(level=3).compress(tok_json)),
+        "shards_bytes": disk,
+    }
+
+
+def _add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    n = max(a.size, b.size)
+    return np.pad(a, (0, n - a.size)) + np.pad(b, (0, n - b.size))
+
+
+# --------------------------------------------------------------------------- the tables
+
+
+def bench(name: str, corpora: dict[str, Path], work: Path, args: argparse.Namespace) -> None:
+    sys.path.insert(0, str(REPO))
     from pipeline.ingest.tokenization import canonical_json, describe_tokenizer, load_tokenizer
 
     folder = SHARED / "tokenizers" / name
     tok = load_tokenizer(str(folder))
-    clean = work / f"{name}-tokenizer.json"  # no baked padding/truncation, for datatrove
+    clean = work / f"{name}-tokenizer.json"  # no baked padding/truncation, for the peers
     clean.write_text(canonical_json(tok))
-    token_size = 2 if describe_tokenizer(tok).dtype == "uint16" else 4
-    every = 1 if quick else 4  # the limits are rates: a quarter of the texts measures them
-    fl = floor(corpus, str(clean), None)
-    tokens = fl["tokens"]
-    one = floor(corpus, str(clean), 1, every)
-    both = measured_limit(corpus, str(clean), every)
-    rows: list[tuple] = [
-        ("floor (encode_batch_fast)", fl["seconds"], tokens / fl["seconds"], None,
-         fl["peak_rss_mib"]),
-        (f"limit (1 thread x {CORES})", None, one["tokens"] / one["seconds"] * CORES, None, None),
-        (f"limit, measured ({CORES} processes)", None, both["tokens"] / both["seconds"], None,
-         None),
-    ]  # fmt: skip
-    rec = recipe(corpus, str(folder), work)
-    rows.append(("recipe (datasets, num_proc=2)", rec["seconds"], tokens / rec["seconds"],
-                 rec["out_bytes"] / rec["stored_tokens"], rec["peak_rss_mib"]))  # fmt: skip
-    if importlib.util.find_spec("datatrove"):
-        dt = run_datatrove(corpus, str(clean), work, token_size)
-        rows.append(("datatrove (2 tasks)", dt["seconds"], tokens / dt["seconds"],
-                     dt["out_bytes"] / dt["stored_tokens"], dt["peak_rss_mib"]))  # fmt: skip
-    else:
-        print("datatrove: not installed (pip install datatrove==0.10.1), row left out")
-    unit_mb = 1 if quick else 8
-    runs = [(1, ()), (2, ())] + ([] if quick else [(2, ("--compression-level", "9"))])
-    for workers, extra in runs:
-        p = pipeline(corpus, str(folder), work / f"out-w{workers}", workers, unit_mb, *extra)
-        if p["document_tokens"] != tokens:
-            raise SystemExit(f"pipeline saw {p['document_tokens']} tokens, the floor {tokens}")
-        label = f"pipeline run --workers {workers}" + (" (zstd 9)" if extra else "")
-        rows.append((label, p["seconds"], tokens / p["seconds"],
-                     p["out_bytes"] / p["stored_tokens"], p["peak_rss_mib"]))  # fmt: skip
-    return rows
+    dtype = describe_tokenizer(tok).dtype
+    have_litdata = importlib.util.find_spec("litdata") is not None and not args.quick
+    if not have_litdata and not args.quick:
+        print("litdata: not installed (pip install litdata==0.2.76 torch==2.13.0), row left out")
+    for label, corpus in corpora.items():
+        print(f"\n== {name}, {label}", flush=True)
+        tokens = floor(corpus, str(clean))["tokens"]
+        contenders: dict[str, Callable[[], dict]] = {
+            "limit (1 thread x 2 cores)": lambda c=corpus: limit(c, str(clean)),
+            "pipeline": lambda c=corpus: pipeline(c, str(folder), work / "p", WORKERS),
+        }
+        if have_litdata:
+            contenders["litdata"] = lambda c=corpus: litdata(c, str(clean), work / "l", dtype)
+        if args.ray and label == "x1":
+            contenders["pipeline ray"] = lambda c=corpus: pipeline(
+                c, str(folder), work / "r", WORKERS, "--backend", "ray"
+            )
+        if args.scaling and label != "x1":
+            contenders["pipeline 1 worker"] = lambda c=corpus: pipeline(c, str(folder),
+                                                                        work / "p1", 1)  # fmt: skip
+        if args.peers and label == "x1":
+            size = 2 if dtype == "uint16" else 4
+            contenders["datatrove"] = lambda c=corpus, s=size: datatrove(
+                c, str(clean), work / "d", s
+            )
+            contenders["recipe"] = lambda c=corpus: recipe(c, str(folder), work)
+        runs = interleaved(contenders, args.rounds, args.max_other, args.extra_rounds)
+        rows = {n: summary(r, args.max_other) for n, r in runs.items()}
+        for n, row in rows.items():
+            stored = row["last"].get("document_tokens", row["last"].get("stored_tokens"))
+            if "limit" not in n and n not in ("datatrove", "recipe") and stored != tokens:
+                raise SystemExit(f"{n} stored {stored} document tokens, the floor {tokens}")
+        limit_rate = tokens / rows["limit (1 thread x 2 cores)"]["seconds"]
+        base = rows.get("litdata")
+        print(f"\n{name}, {label}: {tokens:,} document tokens (equal for every contender)")
+        print(f"{'':28} {'wall s':>7} {'cpu s':>7} {'cores':>6} {'M tok/s':>8} {'x limit':>8} "
+              f"{'x litdata':>9} {'B/token':>8} {'runs':>5} {'other load':>11}")  # fmt: skip
+        for n, row in rows.items():
+            rate = tokens / row["seconds"]
+            vs = f"{row['wall'] / base['wall']:9.2f}" if base and "limit" not in n else f"{'-':>9}"
+            last = row["last"]
+            bpt = last["out_bytes"] / last["stored_tokens"] if "out_bytes" in last else None
+            flag = " (load)" if row["disturbed"] else ""
+            print(f"{n:28} {row['wall']:7.2f} {row['cpu']:7.2f} {row['cpu'] / row['wall']:6.2f} "
+                  f"{rate / 1e6:8.3f} {rate / limit_rate:8.2f} {vs} "
+                  f"{bpt if bpt is None else round(bpt, 3)!s:>8} {row['runs']:5d} "
+                  f"{row['other_cores']:7.2f} c{flag}")  # fmt: skip
+        if "pipeline 1 worker" in rows:
+            w1 = tokens / rows["pipeline 1 worker"]["seconds"]
+            w2 = tokens / rows["pipeline"]["seconds"]
+            print(f"scaling: per-worker throughput at 2 workers / at 1 worker = {w2 / 2 / w1:.2f}")
+        report = entropy_report(work / "p")
+        print(f"bytes: {report['disk_bytes']:.3f} bytes/token on disk, order-0 entropy of the "
+              f"ids {report['entropy_bytes']:.3f} bytes/token "
+              f"({report['disk_bytes'] / report['entropy_bytes']:.2f}x); shards "
+              f"{report['shards_bytes']:,} B, tokenizer.json {report['tokenizer_json']:,} B "
+              f"(zstd-3: {report['tokenizer_json_zstd3']:,} B)")  # fmt: skip
 
 
-def print_table(title: str, rows: list[tuple]) -> None:
-    floor_rate, limit_rate = rows[0][2], rows[1][2]
-    print(f"\n{title}")
-    heads = ("seconds", "M tok/s", "x floor", "x limit", "B/token")
-    print(f"{'':36} " + " ".join(f"{h:>8}" for h in heads) + f" {'peak MiB':>9}")
-    for name, sec, rate, bpt, mem in rows:
-        dash = f"{'-':>8}"
-        cells = [f"{sec:8.1f}" if sec else dash, f"{rate / 1e6:8.3f}",
-                 f"{rate / floor_rate:8.2f}", f"{rate / limit_rate:8.2f}",
-                 f"{bpt:8.2f}" if bpt else dash, f"{mem:9.0f}" if mem else " " + dash]  # fmt: skip
-        print(f"{name:36} " + " ".join(cells))
-    rate = {r[0]: r[2] for r in rows}
-    w1, w2 = rate["pipeline run --workers 1"], rate["pipeline run --workers 2"]
-    measured = rate[f"limit, measured ({CORES} processes)"]
-    print(f"scaling: per-worker throughput at 2 workers / at 1 worker = {w2 / 2 / w1:.2f}; "
-          f"pipeline --workers 2 / measured limit = {w2 / measured:.2f}")  # fmt: skip
+def fixed_costs(work: Path, args: argparse.Namespace) -> None:
+    """Wall time of runs over one row group of 20 short articles: start-up and shutdown."""
+    tiny = work / "tiny"
+    build_corpus(tiny, 1, 1, max_rows=20)
+    tok = str(SHARED / "tokenizers" / args.tokenizers[0])
+    contenders = {"pipeline (processes)": lambda: pipeline(tiny, tok, work / "t", WORKERS)}
+    if args.ray and not args.quick:
+        contenders["pipeline --backend ray"] = lambda: pipeline(tiny, tok, work / "tr", WORKERS,
+                                                                "--backend", "ray")  # fmt: skip
+    runs = interleaved(contenders, args.rounds, args.max_other, args.extra_rounds)
+    print(f"\nfixed cost (tokenizer {args.tokenizers[0]}, 20 articles, {WORKERS} workers):")
+    for n, r in runs.items():
+        row = summary(r, args.max_other)
+        print(f"{n:28} {row['wall']:6.2f} s wall (median of {row['runs']}), other load "
+              f"{row['other_cores']:.2f} cores{' (load)' if row['disturbed'] else ''}")  # fmt: skip
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny corpus, one tokenizer (CI)")
     ap.add_argument("--tokenizers", nargs="+", default=["bert-base-uncased", "unigram-128k"])
-    ap.add_argument("--repeats", type=int, default=16, help="copies of dictwiki (16 = ~100 MB)")
-    ap.add_argument("--scale", type=int, default=4, help="also run the pipeline on N x the corpus")
-    args = ap.parse_args()
+    ap.add_argument(
+        "--repeats",
+        nargs="+",
+        type=int,
+        default=[1, 8],
+        help="corpora: dictwiki repeated N times (8 = 12 M tokens with bert)",
+    )
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--extra-rounds", type=int, default=2, help="more rounds if disturbed")
+    ap.add_argument(
+        "--max-other",
+        type=float,
+        default=0.25,
+        help="cores of other load above which a run counts as disturbed",
+    )
+    ap.add_argument("--ray", action="store_true", help="also `--backend ray` (x1 only)")
+    ap.add_argument("--scaling", action="store_true", help="also 1 worker (not on x1)")
+    ap.add_argument("--peers", action="store_true", help="also datatrove and the recipe (x1)")
+    ap.add_argument("--skip-fixed", action="store_true")
+    args = ap.parse_args()  # fmt: skip
+    if args.quick:
+        args.tokenizers, args.repeats, args.rounds, args.extra_rounds = (
+            args.tokenizers[:1],
+            [1],
+            1,
+            0,
+        )
+        args.ray = args.peers = args.scaling = False
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     try:
-        corpus = work / "corpus"
-        quick = args.quick
-        mb = build_corpus(corpus, 1 if quick else args.repeats, 2 if quick else 8,
-                          3000 if quick else None) / 1e6  # fmt: skip
-        tokenizers = args.tokenizers[:1] if quick else args.tokenizers
-        print(f"corpus: {mb:.1f} MB of text in {corpus} on {CORES} cores")
-        for name in tokenizers:
-            print_table(f"tokenizer {name}", bench_tokenizer(name, corpus, work, quick))
-        if not quick and args.scale > 1:
-            big = work / "corpus-big"
-            build_corpus(big, repeats=args.repeats * args.scale, files=8 * args.scale)
-            for name in tokenizers:
-                tok = str(SHARED / "tokenizers" / name)
-                for label, folder in (("1x", corpus), (f"{args.scale}x", big)):
-                    p = pipeline(folder, tok, work / "scale", 2, 8)
-                    rate = p["document_tokens"] / p["seconds"] / 1e6
-                    print(f"{name}, {label} corpus, 2 workers: peak {p['peak_rss_mib']:.0f} MiB "
-                          f"per worker, {rate:.3f} M tok/s, {p['seconds']:.0f} s")  # fmt: skip
+        corpora = {}
+        for n in args.repeats:
+            rows = 3000 if args.quick else None
+            mb = build_corpus(work / f"corpus-x{n}", n, 2 if args.quick else 4 * n, rows) / 1e6
+            corpora[f"x{n}"] = work / f"corpus-x{n}"
+            print(f"corpus x{n}: {mb:.1f} MB of text on {CORES} cores")
+        if not args.skip_fixed:
+            fixed_costs(work, args)
+        for name in args.tokenizers:
+            bench(name, corpora, work, args)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -71,7 +71,7 @@ def test_ctrl_c_stops_every_process_with_one_line_and_the_rerun_resumes(
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)  # fmt: skip
     deadline = time.monotonic() + 120
-    while not list(out.glob("train/shard-*.json")) and time.monotonic() < deadline:
+    while not list(out.glob("validation/shard-*.json")) and time.monotonic() < deadline:
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)
