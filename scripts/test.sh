@@ -11,4 +11,5 @@ bash scripts/setup-venv.sh "train,dev"
 .venv/bin/python tests/bench/bench_pipeline.py --quick
 .venv/bin/python tests/bench/bench_datapath.py --quick
 .venv/bin/python tests/bench/bench_gpu.py --quick
+.venv/bin/python tests/bench/bench_reader.py --quick
 exec .venv/bin/python -m pytest "$@"
