@@ -84,3 +84,23 @@ def test_ctrl_c_stops_every_process_with_one_line_and_the_rerun_resumes(
     rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=True)
     assert "run now)" in rerun.stdout and "(4 run now)" not in rerun.stdout
     assert _digest_tree(out) == _digest_tree(reference)
+
+
+def test_with_object_storage_the_workers_are_spawned_and_write_the_same_shards(
+    s3_bucket: str, reference: Path, dictwiki_one_file: Path
+) -> None:
+    """Forking after the AWS SDK started its threads is unsafe: spawned workers load the
+    tokenizer from OUT/tokenizer.json on S3 instead, and write the same bytes."""
+    from pipeline.format.manifest import load_manifest
+    from tests.conftest import upload_folder
+
+    data, out = f"s3://{s3_bucket}/data", f"s3://{s3_bucket}/shards"
+    upload_folder(dictwiki_one_file, data)
+    config = make_config(data, BERT, out, unit_bytes=UNIT)  # type: ignore[arg-type]
+    result = run_pipeline(config, ProcessExecutor(workers=2), progress_stream=None)
+    assert result.num_units_run == 4 and result.num_tokens > 100_000
+
+    def digests(manifest: dict) -> list[str]:
+        return [s["sha256"] for split in manifest["splits"].values() for s in split["shards"]]
+
+    assert digests(result.manifest) == digests(load_manifest(str(reference)))
