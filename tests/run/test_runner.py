@@ -47,7 +47,7 @@ def test_worker_processes_write_the_same_bytes_as_one_process(
         make_config(DICTWIKI, UNIGRAM, out), ProcessExecutor(workers=workers), progress_stream=None
     )
     assert result.num_units_run == result.num_units == 9
-    assert result.manifest["splits"]["train"]["num_blocks"] > 9_000
+    assert result.manifest.splits["train"].num_blocks > 9_000
     assert result.num_tokens > 1_000_000
     assert _digest_tree(out) == _digest_tree(unigram_reference)
 

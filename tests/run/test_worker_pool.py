@@ -91,7 +91,7 @@ def test_with_object_storage_the_workers_are_spawned_and_write_the_same_shards(
 ) -> None:
     """Forking after the AWS SDK started its threads is unsafe: spawned workers load the
     tokenizer from OUT/tokenizer.json on S3 instead, and write the same bytes."""
-    from pipeline.format.manifest import load_manifest
+    from pipeline.format.manifest import Manifest, load_manifest
     from tests.conftest import upload_folder
 
     data, out = f"s3://{s3_bucket}/data", f"s3://{s3_bucket}/shards"
@@ -100,7 +100,7 @@ def test_with_object_storage_the_workers_are_spawned_and_write_the_same_shards(
     result = run_pipeline(config, ProcessExecutor(workers=2), progress_stream=None)
     assert result.num_units_run == 4 and result.num_tokens > 100_000
 
-    def digests(manifest: dict) -> list[str]:
-        return [s["sha256"] for split in manifest["splits"].values() for s in split["shards"]]
+    def digests(manifest: Manifest) -> list[str]:
+        return [s.sha256 for split in manifest.splits.values() for s in split.shards]
 
     assert digests(result.manifest) == digests(load_manifest(str(reference)))
