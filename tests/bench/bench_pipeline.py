@@ -21,8 +21,9 @@ were taken under load and how much.
   cores give together: they share caches, memory bandwidth and turbo headroom)
 * pipeline: `pipeline run --workers 2` (default executor: forked worker processes)
 * pipeline ray: `pipeline run --workers 2 --backend ray` (an embedded local Ray)
-* litdata 0.2.76: `optimize(fn, inputs=[(file, row_group)...], item_loader=TokensLoader(),
-  num_workers=2)`, tokenizer loaded once per worker, one Rayon thread per worker, uint16 ids
+* litdata 0.2.76 (installed by hand: LITDATA_INSTALL below): `optimize(fn,
+  inputs=[(file, row_group)...], item_loader=TokensLoader(), num_workers=2)`, tokenizer
+  loaded once per worker, one Rayon thread per worker, uint16 ids
   (uint32 for a vocabulary above 65,535), no compression: its LLM-pretraining recipe
 * datatrove 0.10.1 (`--peers`): ParquetReader + DocumentTokenizer, 2 tasks, 2 workers
 * recipe (`--peers`): datasets map + group_texts, num_proc=2
@@ -61,6 +62,12 @@ sys.path.insert(0, str(REPO))
 from pipeline.format.manifest import load_manifest  # noqa: E402
 
 WORKERS = 2
+# litdata 0.2.76 declares torchvision, and PyPI's torchvision either pulls a CUDA torch or, pinned
+# to 0.28.0, breaks transformers' model imports beside torch 2.13.0 (operator torchvision::nms does
+# not exist); litdata's optimize and TokensLoader import without it. Hence --no-deps.
+LITDATA_INSTALL = (
+    "pip install --no-deps litdata==0.2.76 && pip install lightning-utilities obstore tifffile"
+)
 READ_TEXTS = """
 import glob, pyarrow.parquet as pq
 from tokenizers import Tokenizer
@@ -342,7 +349,7 @@ def bench(name: str, corpora: dict[str, Path], work: Path, args: argparse.Namesp
     dtype = describe_tokenizer(tok).dtype
     have_litdata = importlib.util.find_spec("litdata") is not None and not args.quick
     if not have_litdata and not args.quick:
-        print("litdata: not installed (pip install litdata==0.2.76 torch==2.13.0), row left out")
+        print(f"litdata: not installed ({LITDATA_INSTALL}), row left out")
     for label, corpus in corpora.items():
         print(f"\n== {name}, {label}", flush=True)
         tokens = floor(corpus, str(clean))["tokens"]
