@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from pipeline.errors import PipelineError, UsageError, brief, one_line
@@ -37,10 +39,12 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="an existing cluster, implies --backend ray ('auto' inside `ray job submit`)",
     )
+    add_storage_argument(p)
     p.add_argument(
-        "--storage-endpoint",
-        default=None,
-        help="endpoint of an S3-compatible store, e.g. http://127.0.0.1:9000",
+        "--forward-credentials",
+        action="store_true",
+        help="copy AWS_ACCESS_KEY_ID/SECRET/SESSION_TOKEN into the Ray tasks' runtime env "
+        "(readable by anyone who can list the cluster's tasks; default: workers use their own)",
     )
     p.add_argument(
         "--overwrite", action="store_true", help="replace a different run found in --output"
@@ -48,12 +52,17 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
+def add_storage_argument(p: argparse.ArgumentParser) -> None:
+    from pipeline.format.storage import ENDPOINT_HELP
+
+    p.add_argument("--storage-endpoint", default=None, metavar="URL", help=ENDPOINT_HELP)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.format import storage
     from pipeline.run.runner import executor_for, run_pipeline
 
-    if args.storage_endpoint:
-        os.environ[storage.ENDPOINT_ENV] = args.storage_endpoint
+    storage.use_endpoint(args.storage_endpoint)
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers: expected at least 1, found {args.workers}; pass 1 or more")
     if args.threads_per_worker < 1:
@@ -67,6 +76,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         workers=args.workers,
         ray_address=args.ray_address,
         threads_per_worker=args.threads_per_worker,
+        forward_credentials=args.forward_credentials,
+        log=None if args.quiet else sys.stderr,
     )
     result = run_pipeline(
         config,
@@ -88,13 +99,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from pipeline.commands.inspection import main as inspect_main
+    from pipeline.format.storage import use_endpoint
 
+    use_endpoint(args.storage_endpoint)
     return inspect_main(args)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from pipeline.commands.verification import main as verify_main
+    from pipeline.format.storage import use_endpoint
 
+    use_endpoint(args.storage_endpoint)
     return verify_main(args)
 
 
@@ -128,11 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     insp.add_argument("--decode", type=int, default=0, metavar="N", help="print N sample blocks")
     insp.add_argument("--shards", action="store_true", help="a per-shard table")
     insp.add_argument("--top", type=int, default=20, help="most frequent tokens to list")
+    add_storage_argument(insp)
     insp.set_defaults(func=cmd_inspect)
 
     ver = sub.add_parser("verify", help="re-read every shard and check it against the manifest")
     ver.add_argument("output")
     ver.add_argument("--json", action="store_true")
+    add_storage_argument(ver)
     ver.set_defaults(func=cmd_verify)
 
     train = sub.add_parser(
@@ -155,6 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the driver is, so it unwinds as Ctrl-C does (cleanup, no dump)."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt cleanup
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:
@@ -163,6 +189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = argparse.Namespace(func=cmd_train, rest=argv[1:])
     else:
         args = build_parser().parse_args(argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         code = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, not at exit as "Exception ignored"
@@ -171,6 +200,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `pipeline inspect OUT | head`: the reader has all it wants; not an error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Terminated:
+        # `ray job stop`, Kubernetes, batch schedulers: like Ctrl-C, and said in one line.
+        print("stopped (SIGTERM): finished work units are kept; rerun the same command to "
+              "resume", file=sys.stderr)  # fmt: skip
+        return 128 + signal.SIGTERM
     except PipelineError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
@@ -186,6 +220,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,14 @@ from urllib.parse import urlparse
 import pyarrow.fs as pafs
 
 ENDPOINT_ENV = "PIPELINE_S3_ENDPOINT"
+ENDPOINT_HELP = "endpoint of an S3-compatible store for s3:// paths, e.g. http://127.0.0.1:9000"
+
+
+def use_endpoint(url: str | None) -> None:
+    """Apply a command's `--storage-endpoint` (every command that reads or writes s3:// takes
+    it); through the environment, so that Ray workers and forked processes see it too."""
+    if url:
+        os.environ[ENDPOINT_ENV] = url
 
 
 def is_remote(uri: str) -> bool:

@@ -79,7 +79,13 @@ class LocalExecutor:
 
 
 def executor_for(
-    backend: str, *, workers: int | None, ray_address: str | None, threads_per_worker: int
+    backend: str,
+    *,
+    workers: int | None,
+    ray_address: str | None,
+    threads_per_worker: int,
+    forward_credentials: bool = False,
+    log: TextIO | None = None,
 ) -> Executor:
     """`pipeline run --backend`: processes (the default on one machine), ray, or local."""
     if backend == "local":
@@ -88,7 +94,11 @@ def executor_for(
         from pipeline.run.ray_runner import RayExecutor  # Ray imports slowly: only when asked
 
         return RayExecutor(
-            workers=workers, address=ray_address, threads_per_worker=threads_per_worker
+            workers=workers,
+            address=ray_address,
+            threads_per_worker=threads_per_worker,
+            forward_credentials=forward_credentials,
+            log=log,
         )
     if backend == "processes":
         from pipeline.run.worker_pool import ProcessExecutor

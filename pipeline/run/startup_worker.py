@@ -41,6 +41,10 @@ def _child(
     units: list[WorkUnit], work: Work, next_unit: Any, stopped: Any, out: Any, parent: int
 ) -> None:
     die_with(parent)
+    # The driver handles Ctrl-C and SIGTERM (one line, then it stops this child): here they
+    # must end the process quietly, with no traceback of a unit cut short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     while True:
         if os.getppid() != parent:
             os._exit(1)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import UsageError
+from pipeline.format import storage
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,9 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             kind = {"int": int, "float": float, "str": str}[f.type]
             p.add_argument(flag, type=kind, default=f.default, help=help_text)
+    p.add_argument("--storage-endpoint", default=None, metavar="URL", help=storage.ENDPOINT_HELP)
     return p
 
 
 def parse_config(argv: Sequence[str]) -> TrainConfig:
-    args = build_parser().parse_args(list(argv))
-    return TrainConfig(**vars(args))
+    """The trainer's config; applies --storage-endpoint (how to reach the data, not part of
+    the training run's identity) to this process."""
+    values = vars(build_parser().parse_args(list(argv)))
+    storage.use_endpoint(values.pop("storage_endpoint"))
+    return TrainConfig(**values)
