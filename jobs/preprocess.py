@@ -2,7 +2,8 @@
 python jobs/preprocess.py --input ... --tokenizer ... --output ...`.
 
 Thin on purpose: it parses the same flags as `pipeline run` and runs the same runner on the
-cluster the job was submitted to (RAY_ADDRESS is set by `ray job submit`).
+cluster the job was submitted to (its driver finds it through the RAY_ADDRESS that Ray's job
+supervisor sets; see pipeline/run/ray_address.py).
 """
 
 from __future__ import annotations
@@ -15,4 +16,5 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the working d
 from pipeline.commands.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["run", "--ray-address", "auto", *sys.argv[1:]]))
+    given = any(a.startswith("--ray-address") for a in sys.argv[1:])
+    sys.exit(main(["run", *([] if given else ["--ray-address", "auto"]), *sys.argv[1:]]))

@@ -39,7 +39,7 @@ def choose_cluster(
     address: str | None, cpus: int, environ: Mapping[str, str] = os.environ
 ) -> RayTarget:
     env_address = environ.get("RAY_ADDRESS", "")
-    if address is None and env_address and JOB_ENV in environ:
+    if address in (None, "auto") and env_address and JOB_ENV in environ:
         return RayTarget(env_address, f"ray: this Ray job's cluster at {env_address}", False)
     if address is None:
         note = ""
