@@ -146,6 +146,53 @@ def list_files(uri: str, recursive: bool = False) -> list[str]:
     return sorted(prefix + i.path for i in infos if i.type == pafs.FileType.File)
 
 
+class ConditionalWriteUnsupported(OSError):
+    """The store (or the installed client) cannot create an object only if it is absent."""
+
+
+def create_if_absent(uri: str, data: bytes) -> bool:
+    """Create the file only if nothing is there: True if created, False if it existed.
+
+    Locally O_CREAT|O_EXCL; on S3 a PUT with `If-None-Match: *` (AWS since 2024, MinIO,
+    moto), through boto3 because pyarrow's S3 client cannot send it. Raises
+    ConditionalWriteUnsupported where the store or client cannot do it.
+    """
+    if not is_remote(uri):
+        path = Path(normalize(uri))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("s3", "s3a"):
+        raise ConditionalWriteUnsupported(f"{uri}: no conditional writes for {parsed.scheme}://")
+    try:
+        import boto3
+        import botocore.exceptions
+    except ImportError as exc:
+        raise ConditionalWriteUnsupported(f"{uri}: boto3 is not installed") from exc
+    endpoint = os.environ.get(ENDPOINT_ENV) or os.environ.get("AWS_ENDPOINT_URL")
+    client = boto3.client("s3", endpoint_url=endpoint or None)
+    try:
+        client.put_object(
+            Bucket=parsed.netloc, Key=parsed.path.lstrip("/"), Body=data, IfNoneMatch="*"
+        )
+    except botocore.exceptions.ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in ("PreconditionFailed", "ConditionalRequestConflict"):
+            return False
+        if code in ("NotImplemented", "InvalidArgument", "501"):
+            raise ConditionalWriteUnsupported(f"{uri}: the store answered {code}") from exc
+        raise OSError(f"{uri}: {code or exc}") from exc
+    except botocore.exceptions.ParamValidationError as exc:  # a botocore before 1.35
+        raise ConditionalWriteUnsupported(f"{uri}: botocore too old for If-None-Match") from exc
+    return True
+
+
 def remove(uri: str) -> None:
     fs, path = resolve(uri)
     if fs.get_file_info(path).type == pafs.FileType.File:

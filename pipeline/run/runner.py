@@ -52,7 +52,7 @@ from pipeline.run.output_folder import (
     check_output_apart,
     claim,
     exclusive,
-    finished_sidecars,
+    finished_units,
     run_identity,
 )
 from pipeline.run.process import process_unit
@@ -150,7 +150,7 @@ def run_pipeline(
         if not storage.exists(tok_uri):
             storage.write_bytes_atomic(tok_uri, tok_text.encode())
         remember_encoder(config.output, tok, info)
-        done = {u.index: finished_sidecars(config.output, u, digest) for u in units}
+        done = finished_units(config.output, units, digest)
         pending = [u for u in units if done[u.index] is None]
         num_tokens, peak_rss = _execute(executor, pending, len(units), config, info, digest,
                                         progress_stream)  # fmt: skip
