@@ -38,7 +38,7 @@ ROW_GROUP = 8
 def build_tokenizer(path: Path) -> None:
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
-    texts = pq.read_table(SHARED / "corpus/dictwiki/train-00000-of-00004.parquet", ["text"])
+    texts = pq.read_table(SHARED / "corpus/dictwiki/train-00000-of-00004.parquet", columns=["text"])
     counts: dict[str, int] = {}
     for text in texts.column("text").to_pylist()[:2000]:
         for word in text.split():
@@ -103,11 +103,11 @@ print(json.dumps({"units": result.num_units, "wall_s": wall, "driver_cpu_s": tim
 READERS = r"""
 import json, sys, time
 out = sys.argv[1]
-t = time.perf_counter()
 from pipeline.format.manifest import load_manifest
+from pipeline.train.dataset import BlockDataset
+t = time.perf_counter()
 m = load_manifest(out)
 load = time.perf_counter() - t
-from pipeline.train.dataset import BlockDataset
 t = time.perf_counter()
 ds = BlockDataset(out, "train")
 opened = time.perf_counter() - t
