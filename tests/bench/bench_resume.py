@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.bench.bench_scale import build_corpus, build_tokenizer  # noqa: E402
+from tests.bench.bench_scale import build_corpus, build_tokenizer
 
 
 def main() -> None:

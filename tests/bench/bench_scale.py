@@ -1,8 +1,8 @@
 """The driver at 10^3-10^5 work units (a script, not a test): what it costs per unit, in memory,
 in manifest size and load time, and in planning, when the pipeline's own costs dominate.
 
-    .venv/bin/python tests/bench/bench_scale.py                      # 10^3 and 10^4 run, 10^5 scaled
-    .venv/bin/python tests/bench/bench_scale.py --run 1000 --scaled 10000   # quick
+    .venv/bin/python tests/bench/bench_scale.py                    # 10^3, 10^4 run; 10^5 scaled
+    .venv/bin/python tests/bench/bench_scale.py --run 200 --scaled 1000   # quick
 
 Corpus: dictwiki texts cut to ~1 KB, one row per unit (`--unit-bytes 1` makes every row a unit;
 row groups of 8 rows), a word-level `tokenizer.json` built here with `tokenizers` (WordLevel +
@@ -94,7 +94,8 @@ cpu0 = time.process_time(); t0 = time.perf_counter()
 result = runner.run_pipeline(config, RayExecutor(workers=int(workers), log=None),
                              progress_stream=None)
 wall = time.perf_counter() - t0
-print(json.dumps({"units": result.num_units, "wall_s": wall, "driver_cpu_s": time.process_time() - cpu0,
+cpu = time.process_time() - cpu0
+print(json.dumps({"units": result.num_units, "wall_s": wall, "driver_cpu_s": cpu,
                   "driver_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "blocks": result.manifest["splits"]["train"]["num_blocks"],
                   "phases_s": phases}))
