@@ -222,8 +222,13 @@ def _job_status(cluster: Cluster, job: str, env: dict[str, str]) -> str:
         [str(BIN / "ray"), "job", "status", "--address", cluster.dashboard, job],
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    found = re.search(r"Status for job '[^']+': (\w+)", proc.stdout)
-    return found.group(1) if found else proc.stdout + proc.stderr
+    text = proc.stdout + proc.stderr  # "Job 'raysubmit_…' succeeded" / "Status for job …: RUNNING"
+    found = re.search(r"Job '[^']+' (succeeded|failed|was stopped)|Status for job '[^']+': (\w+)",
+                      text)  # fmt: skip
+    if not found:
+        return text
+    word = found.group(1) or found.group(2)
+    return {"succeeded": "SUCCEEDED", "failed": "FAILED", "was stopped": "STOPPED"}.get(word, word)
 
 
 def _job_logs(cluster: Cluster, job: str, env: dict[str, str]) -> str:
