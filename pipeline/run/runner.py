@@ -14,7 +14,7 @@ import json
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, TextIO
 
 from pipeline import __version__
@@ -58,7 +58,7 @@ from pipeline.run.output_folder import (
 from pipeline.run.process import process_unit
 from pipeline.run.progress import Progress
 from pipeline.run.publish import pack_spec
-from pipeline.run.stitching import stitch_leftovers
+from pipeline.run.stitching import TailStitcher
 from pipeline.run.summary import UnitSummary
 
 
@@ -233,11 +233,16 @@ def _collect(
     done: dict[int, dict[str, Sidecar] | None],
     digest: str,
 ) -> dict[str, list[Sidecar]]:
-    """Every unit's sidecars in unit order, plus the stitched tail shard per split."""
+    """Every unit's sidecars in unit order, plus the stitched tail shard per split.
+
+    Leftovers are packed as each sidecar is read, and dropped from the sidecar kept for the
+    manifest: what the driver holds per unit is that summary only (README, "At scale").
+    """
     sidecars: dict[str, list[Sidecar]] = {split: [] for split in SPLITS}
+    tails = {split: TailStitcher(config, info, split, digest, len(units)) for split in SPLITS}
     for unit in units:
         # Units done before were checked (sha256) above; units run now are trusted as written.
-        cars = done[unit.index] or _sidecars_of(config.output, unit.index, digest)
+        cars = done.pop(unit.index, None) or _sidecars_of(config.output, unit.index, digest)
         if cars is None:
             raise DataError(
                 f"{config.output}: expected finished shards for unit {unit.index} "
@@ -245,10 +250,10 @@ def _collect(
                 "same command to redo it"
             )
         for split in SPLITS:
-            sidecars[split].append(cars[split])
+            tails[split].add(cars[split])
+            sidecars[split].append(replace(cars[split], leftover_tokens=[], leftover_starts=[]))
     for split in SPLITS:
-        tail = stitch_leftovers(config, info, split, sidecars[split], digest, len(units))
-        sidecars[split].append(tail)
+        sidecars[split].append(tails[split].finish())
     return sidecars
 
 

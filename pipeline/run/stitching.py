@@ -19,38 +19,49 @@ from pipeline.run.config import RunConfig
 from pipeline.run.publish import pack_spec, publish_shard, shard_meta
 
 
-def stitch_leftovers(
-    config: RunConfig,
-    info: TokenizerInfo,
-    split: str,
-    cars: list[Sidecar],
-    digest: str,
-    index: int,
-) -> Sidecar:
-    spec = pack_spec(config, info)
-    streams, starts, offset = [], [], 0
-    for car in cars:
-        streams.append(np.asarray(car.leftover_tokens, dtype=np.uint32))
-        starts.append(np.asarray(car.leftover_starts, dtype=np.int64) + offset)
-        offset += len(car.leftover_tokens)
-    stream = np.concatenate(streams) if streams else np.zeros(0, np.uint32)
-    packer = Packer(spec)
-    blocks = packer.add(stream, np.concatenate(starts) if starts else np.zeros(0, np.int64))
-    dropped, dropped_starts = packer.leftover()
-    writer = ShardWriter(
-        shard_uri(config.output, split, index),
-        shard_meta(config, info, split),
-        config.batch_blocks,
-        config.compression_level,
-    )
-    writer.write(blocks)
-    ledger = Ledger(
-        num_carried_in=int(stream.size),
-        num_special_tokens=blocks.num_blocks * spec.frame_tokens,
-        num_block_tokens=blocks.num_blocks * spec.block_size,
-        num_dropped_tokens=int(dropped.size),
-        num_documents_dropped=int(dropped_starts.size),
-    )
-    empty = np.zeros(0, np.int64)
-    unit = {"index": index, "kind": "tail"}
-    return publish_shard(config.output, split, index, writer, unit, digest, ledger, empty, empty)
+class TailStitcher:
+    """Packs the leftovers of one split as the driver reads them, in unit order.
+
+    Streaming keeps the driver's memory flat in the number of units: it holds the packer's
+    remainder (< one block) and the tail shard being built, never every unit's leftover
+    (10^5 units x ~64 leftover tokens as Python ints would be ~0.5 GB). Packing the
+    leftovers one by one gives the same blocks as packing their concatenation (`Packer`
+    carries its remainder; `ShardWriter` cuts record batches at fixed sizes).
+    """
+
+    def __init__(
+        self, config: RunConfig, info: TokenizerInfo, split: str, digest: str, index: int
+    ) -> None:
+        self.config, self.split, self.digest, self.index = config, split, digest, index
+        self.spec = pack_spec(config, info)
+        self.packer = Packer(self.spec)
+        self.writer = ShardWriter(
+            shard_uri(config.output, split, index),
+            shard_meta(config, info, split),
+            config.batch_blocks,
+            config.compression_level,
+        )
+        self.carried = self.num_blocks = 0
+
+    def add(self, car: Sidecar) -> None:
+        tokens = np.asarray(car.leftover_tokens, dtype=np.uint32)
+        blocks = self.packer.add(tokens, np.asarray(car.leftover_starts, dtype=np.int64))
+        self.writer.write(blocks)
+        self.carried += int(tokens.size)
+        self.num_blocks += blocks.num_blocks
+
+    def finish(self) -> Sidecar:
+        dropped, dropped_starts = self.packer.leftover()
+        ledger = Ledger(
+            num_carried_in=self.carried,
+            num_special_tokens=self.num_blocks * self.spec.frame_tokens,
+            num_block_tokens=self.num_blocks * self.spec.block_size,
+            num_dropped_tokens=int(dropped.size),
+            num_documents_dropped=int(dropped_starts.size),
+        )
+        empty = np.zeros(0, np.int64)
+        unit = {"index": self.index, "kind": "tail"}
+        return publish_shard(
+            self.config.output, self.split, self.index, self.writer, unit, self.digest, ledger,
+            empty, empty,
+        )  # fmt: skip
