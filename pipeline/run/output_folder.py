@@ -10,9 +10,11 @@ recorded size and sha256.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import hashlib
+import itertools
 import json
 import os
 from collections.abc import Iterator
@@ -236,6 +238,32 @@ def exclusive(output: str) -> Iterator[None]:
 def _same_unit(recorded: dict[str, Any], unit: WorkUnit) -> bool:
     """Did the sidecar come from this very unit (the plan of the code that wrote it)?"""
     return {k: v for k, v in recorded.items() if k != "error"} == unit.to_dict()
+
+
+def sidecars_in_order(
+    output: str, indices: list[int], digest: str
+) -> Iterator[tuple[int, dict[str, Sidecar] | None]]:
+    """Each unit's sidecars (None if missing or of another run), in order, read ahead by a
+    bounded window of threads: after the work, the driver reads 2 small objects per unit,
+    which on object storage one after another is ~40 ms a unit (20 min for 30,000 units)."""
+    threads = 32 if storage.is_remote(output) else min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(threads, thread_name_prefix="sidecars") as pool:
+        window: collections.deque = collections.deque()
+        pending = iter(indices)
+        for index in itertools.islice(pending, 4 * threads):
+            window.append((index, pool.submit(_sidecars_of_run, output, index, digest)))
+        while window:
+            index, future = window.popleft()
+            for nxt in itertools.islice(pending, 1):
+                window.append((nxt, pool.submit(_sidecars_of_run, output, nxt, digest)))
+            yield index, future.result()
+
+
+def _sidecars_of_run(output: str, index: int, digest: str) -> dict[str, Sidecar] | None:
+    cars = {split: read_sidecar(output, split, index) for split in SPLITS}
+    if any(c is None or c.run_digest != digest for c in cars.values()):
+        return None
+    return cars  # type: ignore[return-value]
 
 
 def finished_units(

@@ -31,7 +31,7 @@ from pipeline.format.manifest import (
 )
 from pipeline.format.paths import TIMINGS_FILE, TOKENIZER_FILE
 from pipeline.format.records import write_json_atomic
-from pipeline.format.sidecars import Sidecar, read_sidecar
+from pipeline.format.sidecars import Sidecar
 from pipeline.ingest.sources import (
     EmptyInputError,
     describe_input,
@@ -54,6 +54,7 @@ from pipeline.run.output_folder import (
     exclusive,
     finished_units,
     run_identity,
+    sidecars_in_order,
 )
 from pipeline.run.process import process_unit
 from pipeline.run.progress import Progress
@@ -240,9 +241,11 @@ def _collect(
     """
     sidecars: dict[str, list[Sidecar]] = {split: [] for split in SPLITS}
     tails = {split: TailStitcher(config, info, split, digest, len(units)) for split in SPLITS}
+    # Units done before were checked (sha256) above; units run now are trusted as written.
+    run_now = sidecars_in_order(config.output, [u.index for u in units if not done[u.index]],
+                                digest)  # fmt: skip
     for unit in units:
-        # Units done before were checked (sha256) above; units run now are trusted as written.
-        cars = done.pop(unit.index, None) or _sidecars_of(config.output, unit.index, digest)
+        cars = done.pop(unit.index, None) or next(run_now)[1]
         if cars is None:
             raise DataError(
                 f"{config.output}: expected finished shards for unit {unit.index} "
@@ -326,13 +329,6 @@ def _write_timings(output: str, seconds: float, units_run: int, tokens: int, rss
     except OSError as exc:
         print(f"warning: timings.json not written ({brief(exc)}); the run is complete",
               file=sys.stderr)  # fmt: skip
-
-
-def _sidecars_of(output: str, index: int, digest: str) -> dict[str, Sidecar] | None:
-    cars = {split: read_sidecar(output, split, index) for split in SPLITS}
-    if any(c is None or c.run_digest != digest for c in cars.values()):
-        return None
-    return cars  # type: ignore[return-value]
 
 
 def _describe_inputs(paths: list[str], config: RunConfig) -> tuple[list[InputFile], list[dict]]:
