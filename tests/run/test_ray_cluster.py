@@ -18,7 +18,7 @@ import pytest
 
 from pipeline.run.runner import LocalExecutor, run_pipeline
 from pipeline.run.shared_output import HIDE_ENV
-from tests.conftest import BERT, REPO, make_config
+from tests.conftest import BERT, REPO, UNIGRAM, make_config
 from tests.run.ray_cluster import BIN, Cluster, ray_env, start_head
 from tests.run.test_runner import _digest_tree
 
@@ -169,10 +169,10 @@ def test_job_submit_with_token_auth_stop_resume_and_no_secrets_in_ray_state(
     submit = [
         str(BIN / "ray"), "job", "submit", "--address", cluster.dashboard, "--working-dir",
         str(REPO), "--no-wait", "--", "python", "jobs/preprocess.py", "--input", str(dictwiki),
-        "--tokenizer", str(BERT), "--output", str(out), "--unit-bytes", str(200_000),
+        "--tokenizer", str(UNIGRAM), "--output", str(out), "--unit-bytes", str(100_000),
     ]  # fmt: skip
     job = _submit(submit, env)
-    _wait(lambda: len(list(out.glob("validation/shard-*.json"))) >= 2, 600)
+    _wait(lambda: any(out.glob("validation/shard-*.json")), 600)
     ray = str(BIN / "ray")
     subprocess.run([ray, "job", "stop", "--address", cluster.dashboard, job], env=env,
                    check=True, capture_output=True, timeout=120)  # fmt: skip
@@ -187,9 +187,11 @@ def test_job_submit_with_token_auth_stop_resume_and_no_secrets_in_ray_state(
     logs = _job_logs(cluster, again, env)
     assert _job_status(cluster, again, env) == "SUCCEEDED", logs[-3000:]
     assert logs.splitlines()[0].startswith("ray: this Ray job's cluster at"), logs[:500]
-    assert f"resuming: {done} units already done" in logs or done == 0, logs[:2000]
+    resumed = re.search(r"resuming: (\d+) units already done", logs)
+    assert resumed and int(resumed.group(1)) >= done >= 1, logs[:2000]
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["splits"]["train"]["num_blocks"] > 10_000 and manifest["num_units"] > 20
+    assert manifest["splits"]["train"]["num_blocks"] > 10_000
+    assert manifest["num_units"] > int(resumed.group(1)), "the job was stopped part-way"
 
     queries = (
         (["list", "tasks", "--detail", "--limit", "10000"], cluster.address),
@@ -239,12 +241,17 @@ def _job_logs(cluster: Cluster, job: str, env: dict[str, str]) -> str:
     return proc.stdout
 
 
+def result_units(stdout: str) -> str:
+    found = re.search(r"done: (\d+) units", stdout)
+    return found.group(1) if found else "?"
+
+
 def _wait(ready: object, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if ready():  # type: ignore[operator]
             return
-        time.sleep(0.5)
+        time.sleep(0.1)
     raise TimeoutError("condition not met in time")
 
 
@@ -252,10 +259,10 @@ def test_sigterm_is_one_line_exit_143_and_resumable(dictwiki: Path, tmp_path: Pa
     """What Kubernetes and batch schedulers send: like Ctrl-C, no stack dump from any process."""
     out = tmp_path / "out"
     cmd = _run_cmd(dictwiki, out, "--workers", "2")
-    cmd[cmd.index("--unit-bytes") + 1] = str(200_000)
+    cmd[cmd.index("--unit-bytes") + 1] = str(100_000)
     proc = subprocess.Popen(cmd, env=_client_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
-    _wait(lambda: len(list(out.glob("validation/shard-*.json"))) >= 2, 600)
+    _wait(lambda: any(out.glob("validation/shard-*.json")), 600)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
@@ -265,6 +272,7 @@ def test_sigterm_is_one_line_exit_143_and_resumable(dictwiki: Path, tmp_path: Pa
     rerun = subprocess.run(cmd, env=_client_env(), capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "resuming: " in rerun.stderr
-    full = make_config(dictwiki, BERT, tmp_path / "ref", unit_bytes=200_000)
+    assert f"({result_units(rerun.stdout)} run now)" not in rerun.stdout, "resumed, not redone"
+    full = make_config(dictwiki, BERT, tmp_path / "ref", unit_bytes=100_000)
     run_pipeline(full, LocalExecutor(), progress_stream=None)
     assert _digest_tree(out) == _digest_tree(tmp_path / "ref")
