@@ -1,26 +1,20 @@
-"""Ray end to end: determinism over worker counts, a killed worker, a killed driver, and a
-real cluster (`ray start --head` on 127.0.0.1) driven by `ray job submit`."""
+"""Ray end to end: determinism over worker counts, a killed worker, a killed driver. The real
+cluster (`ray start --head`, token auth on, `ray job submit`) is in test_ray_cluster.py."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from pipeline.format.manifest import load_manifest
 from pipeline.run.faults import FAULT_MARKER_ENV, FAULT_UNIT_ENV
 from pipeline.run.ray_runner import RayExecutor
 from pipeline.run.runner import LocalExecutor, run_pipeline
-from tests.conftest import BERT, DICTWIKI, REPO, UNIGRAM, damage_a_data_page, make_config
+from tests.conftest import BERT, DICTWIKI, UNIGRAM, damage_a_data_page, make_config
 from tests.run.test_runner import _digest_tree
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -98,99 +92,6 @@ def test_killed_driver_then_rerun_gives_identical_output(tmp_path: Path, referen
         or f"({10 - done_before} run now)" in rerun.stdout
     )
     assert _digest_tree(out) == _digest_tree(reference)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for_dashboard(port: int, proc: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "ray start --head exited early"
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"the Ray dashboard on 127.0.0.1:{port} did not answer")
-
-
-def test_ray_job_submit_on_a_real_cluster(tmp_path: Path) -> None:
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        "RAY_AUTH_MODE": "disabled",
-    }
-    gcs, dash = _free_port(), _free_port()
-    # Ray's Unix sockets live under --temp-dir: pytest's deep tmp_path exceeds their 107-byte limit.
-    ray_tmp = tempfile.mkdtemp(prefix="rt-", dir="/tmp")
-    start = [
-        str(BIN / "ray"),
-        "start",
-        "--head",
-        "--block",
-        "--node-ip-address=127.0.0.1",
-        "--dashboard-host=127.0.0.1",
-        f"--port={gcs}",
-        f"--dashboard-port={dash}",
-        "--num-cpus=2",
-        "--disable-usage-stats",
-        f"--temp-dir={ray_tmp}",
-    ]
-    # Its own session, so that stopping it kills this cluster's processes and no other Ray's
-    # (`ray stop` would stop every Ray on the machine).
-    head = subprocess.Popen(
-        start, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        _wait_for_dashboard(dash, head)
-        out = tmp_path / "out"
-        submit = [
-            str(BIN / "ray"),
-            "job",
-            "submit",
-            "--address",
-            f"http://127.0.0.1:{dash}",
-            "--working-dir",
-            str(REPO),
-            "--",
-            "python",
-            "jobs/preprocess.py",
-            "--input",
-            str(DICTWIKI),
-            "--tokenizer",
-            str(BERT),
-            "--output",
-            str(out),
-            "--unit-bytes",
-            str(1024 * 1024),
-        ]
-        job = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600)
-        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
-        assert "succeeded" in job.stdout
-        assert "units" in job.stdout, "the job logged progress lines"
-        manifest = load_manifest(str(out))
-        assert manifest.splits["train"].num_blocks > 10_000
-        assert manifest.num_units >= 5
-    finally:
-        _stop_group(head)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-
-
-def _stop_group(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            continue
-        time.sleep(1)  # let the group's other members go too
 
 
 def test_damaged_file_under_ray_is_one_clear_line(
