@@ -211,7 +211,13 @@ def check_token(address: str) -> None:
             GcsClient(address=address).internal_kv_get(b"session_name", b"session", timeout=15)
     except ray.exceptions.AuthenticationError:
         mode = os.environ.get("RAY_AUTH_MODE", "unset")
-        source = "RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else "~/.ray/auth_token"
+        source = (
+            "RAY_AUTH_TOKEN"
+            if os.environ.get("RAY_AUTH_TOKEN")
+            else os.environ.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token")
+        )
+        if source.startswith("~") and not os.path.exists(os.path.expanduser(source)):
+            source = "none on this machine"
         raise UsageError(
             f"--ray-address {address}: expected a token the cluster accepts, found it refused "
             f"(RAY_AUTH_MODE={mode}, token from {source}); run `ray get-auth-token` on the "
