@@ -205,7 +205,8 @@ def check_token(address: str) -> None:
     except ImportError:  # another Ray version: ray.init reports it, slowly
         return
     # As `ray start` does: with RAY_AUTH_MODE unset, a token on this machine turns auth on.
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    with contextlib.suppress(Exception):  # a private helper: its signature may change
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
     try:
         with _stderr_silenced():
             GcsClient(address=address).internal_kv_get(b"session_name", b"session", timeout=15)
