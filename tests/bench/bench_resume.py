@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import statistics
 import sys
@@ -43,6 +44,7 @@ def main() -> None:
     from pipeline.run.output_folder import finished_sidecars, finished_units
     from pipeline.run.runner import LocalExecutor, run_pipeline
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a log line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
