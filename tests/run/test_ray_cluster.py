@@ -186,8 +186,7 @@ def test_job_submit_with_token_auth_stop_resume_and_no_secrets_in_ray_state(
     _wait(lambda: _job_status(cluster, again, env) in ("SUCCEEDED", "FAILED", "STOPPED"), 900)
     logs = _job_logs(cluster, again, env)
     assert _job_status(cluster, again, env) == "SUCCEEDED", logs[-3000:]
-    first = re.search(r"Running entrypoint[^\n]*\n(.*)", logs)
-    assert first and first.group(1).startswith("ray: this Ray job's cluster at"), logs[:1000]
+    assert "\nray: this Ray job's cluster at" in logs, logs[:1000]
     resumed = re.search(r"resuming: (\d+) units already done", logs)
     assert resumed and int(resumed.group(1)) >= done >= 1, logs[:2000]
     manifest = json.loads((out / "manifest.json").read_text())
