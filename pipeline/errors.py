@@ -17,6 +17,11 @@ class DataError(PipelineError):
     exit_code = 1
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`ray job stop`, Kubernetes, batch schedulers), raised in the driver so that it
+    unwinds as Ctrl-C does: cleanup, one line, exit 143, resumable."""
+
+
 def one_line(exc: BaseException) -> str:
     """A message on one line (embedded causes may hold newlines), whole."""
     return " ".join(str(exc).split())

@@ -13,7 +13,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from pipeline.errors import PipelineError, UsageError, brief, one_line
+from pipeline.errors import PipelineError, Terminated, UsageError, brief, one_line
 from pipeline.run import config as run_config
 
 
@@ -170,10 +170,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=cmd_demo)
     return parser
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the driver is, so it unwinds as Ctrl-C does (cleanup, no dump)."""
 
 
 def _on_sigterm(signum: int, frame: object) -> None:

@@ -26,7 +26,7 @@ from typing import TextIO
 
 import ray
 
-from pipeline.errors import DataError, PipelineError, UsageError, brief
+from pipeline.errors import DataError, PipelineError, Terminated, UsageError, brief
 from pipeline.format import storage
 from pipeline.format.storage import ENDPOINT_ENV
 from pipeline.ingest.units import WorkUnit
@@ -84,11 +84,25 @@ class RayExecutor:
             return
         if self.log:
             print(target.description, file=self.log, flush=True)
-        # ray.init installs a C handler that dumps a stack on SIGTERM: keep the driver's own
-        # (the CLI turns SIGTERM into the Ctrl-C path: one line, exit 143, resumable).
+        # ray.init installs its own SIGTERM handler (sys.exit(15), no cleanup message): keep
+        # the driver's (the CLI turns SIGTERM into the Ctrl-C path: one line, exit 143).
         handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
         # Ray's notice that token auth is on, on every run: the first line says what is used.
         logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
+        try:
+            self._init(target)
+        except SystemExit as exc:  # Ray's own handler, while ray.init ran: sys.exit(SIGTERM)
+            if exc.code != signal.SIGTERM:
+                raise
+            with contextlib.suppress(Exception):
+                ray.shutdown()  # whatever of a local Ray had started
+            raise Terminated from None
+        finally:
+            for sig, handler in handlers.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
+
+    def _init(self, target: RayTarget) -> None:
         if not target.embedded:
             check_token(target.address)
             ray.init(address=target.address, log_to_driver=True)
@@ -107,9 +121,6 @@ class RayExecutor:
                 _node_ip_address="127.0.0.1",  # as `ray start --node-ip-address=127.0.0.1`
             )
             self._started_here = True
-        for sig, handler in handlers.items():
-            if handler is not None:
-                signal.signal(sig, handler)
 
     def run(
         self, units: list[WorkUnit], config: RunConfig, tokenizer_sha256: str, digest: str
