@@ -153,11 +153,19 @@ def test_shard_metadata_that_disagrees_with_the_manifest_is_refused(shards_copy:
     record = manifest["splits"]["validation"]["shards"][1]
     record["num_bytes"] = victim.stat().st_size  # only the metadata differs now
     (shards_copy / "manifest.json").write_text(json.dumps(manifest))
+    data = BlockDataset(str(shards_copy), "validation")  # checked when first opened
+    first_of_victim = int(manifest["splits"]["validation"]["shards"][0]["num_blocks"])
     with pytest.raises(
         DataError,
         match=r"shard-00001\.arrow: expected the shard the manifest lists, found a "
         r"problem: metadata tokenizer_sha256 is '0{64}', the manifest says",
     ):
+        data[[first_of_victim]]
+    first = shards_copy / "validation" / "shard-00000.arrow"  # the first shard: at open
+    write_shard(first, ShardReader(str(first)), tokenizer_sha256="0" * 64)
+    manifest["splits"]["validation"]["shards"][0]["num_bytes"] = first.stat().st_size
+    (shards_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=r"shard-00000\.arrow: expected the shard the manifest"):
         BlockDataset(str(shards_copy), "validation")
 
 
