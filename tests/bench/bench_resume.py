@@ -8,26 +8,57 @@
 The output is written once by a real run (word-level tokenizer, one row per unit, as
 bench_scale.py builds them); then its manifest is deleted, as a stopped run leaves it, and
 each round checks every unit (sidecars read, shard sizes and sha256 checked) both ways. A
-last, full `run_pipeline` resume is timed too. moto answers in ~1 ms on loopback: against a
-real store (10-50 ms per request) the sequential check is that much slower and the gain
-larger.
+last, full `run_pipeline` resume is timed too. moto runs in its own process; on this
+2-core machine it is CPU-bound and limits the concurrent check. A real store answers each
+request in 10-50 ms but serves many at once: there the sequential check is slower still and
+the gain larger.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.bench.bench_scale import build_corpus, build_tokenizer
+
+SERVER = """
+import logging, sys, time
+from moto.server import ThreadedMotoServer
+logging.getLogger("werkzeug").setLevel(logging.ERROR)
+ThreadedMotoServer(ip_address="127.0.0.1", port=int(sys.argv[1]), verbose=False).start()
+while True:
+    time.sleep(3600)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(endpoint: str) -> None:
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(endpoint, timeout=1)
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(endpoint)
 
 
 def main() -> None:
@@ -37,18 +68,22 @@ def main() -> None:
     args = ap.parse_args()
 
     import boto3
-    from moto.server import ThreadedMotoServer
 
     from pipeline.format import storage
     from pipeline.run.config import RunConfig
     from pipeline.run.output_folder import finished_sidecars, finished_units
     from pipeline.run.runner import LocalExecutor, run_pipeline
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a log line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
+    # The server in its own process: in this one it would share the GIL with the threads
+    # it serves and measure itself.
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    _wait_for(endpoint)
     os.environ.update(
         AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1"
     )
@@ -86,7 +121,8 @@ def main() -> None:
     again = run_pipeline(config, LocalExecutor(), progress_stream=None)
     resume_s = time.perf_counter() - t
     assert again.num_units_run == 0 and again.manifest == first.manifest
-    server.stop()
+    server.terminate()
+    server.wait()
     b, a = statistics.median(before), statistics.median(after)
     print(
         json.dumps(
