@@ -16,6 +16,7 @@ credentials stay where they are unless the user opts in (`forward_credentials`).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import signal
@@ -180,8 +181,20 @@ class RayExecutor:
             env["RAYON_NUM_THREADS"] = str(self.threads)
             options["runtime_env"] = {"env_vars": env}
         task = ray.remote(process_unit).options(**options)
-        pending = [task.remote(u, config, tokenizer_sha256, digest) for u in units]
-        while pending:
+        # A bounded window of tasks in flight, topped up as each finishes. Submitting all at
+        # once kept every task's spec in the driver and made each ray.wait scan them all:
+        # at 10^4 units, 6.1 ms of driver CPU per unit and +140 MiB (README, "At scale").
+        todo = iter(units)
+        pending: list = []
+        for done in itertools.count():
+            if done % 64 == 0:
+                window = self._window()
+            pending += [
+                task.remote(u, config, tokenizer_sha256, digest)
+                for u in itertools.islice(todo, max(0, window - len(pending)))
+            ]
+            if not pending:
+                return
             ready, pending = ray.wait(pending, num_returns=1)
             try:
                 yield ray.get(ready[0])
@@ -198,6 +211,11 @@ class RayExecutor:
                     "kills (`ray logs`), lower --unit-bytes or add memory, then rerun the "
                     "same command to resume"
                 ) from None
+
+    def _window(self) -> int:
+        """Tasks to keep in flight: twice what the cluster can run at once (it may grow)."""
+        slots = int(ray.cluster_resources().get("CPU", 1)) // max(self.threads, 1)
+        return max(4, 2 * slots)
 
 
 def check_token(address: str) -> None:
