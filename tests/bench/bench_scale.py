@@ -86,7 +86,7 @@ def timed(name, fn):
             phases[name] = phases.get(name, 0.0) + time.perf_counter() - t
     return wrapper
 for name in ("_describe_inputs", "plan_units", "finished_units", "_collect", "build_manifest",
-             "write_json_atomic"):
+             "write_manifest"):
     setattr(runner, name, timed(name, getattr(runner, name)))
 corpus, tokenizer, out, workers = sys.argv[1:5]
 config = RunConfig(inputs=(corpus,), tokenizer=tokenizer, output=out, unit_bytes=1)
@@ -97,7 +97,7 @@ wall = time.perf_counter() - t0
 cpu = time.process_time() - cpu0
 print(json.dumps({"units": result.num_units, "wall_s": wall, "driver_cpu_s": cpu,
                   "driver_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "blocks": result.manifest["splits"]["train"]["num_blocks"],
+                  "blocks": result.manifest.splits["train"].num_blocks,
                   "phases_s": phases}))
 """
 
@@ -155,12 +155,13 @@ def plan_only(corpus: Path) -> dict:
 def scale_output(source: Path, target: Path, factor: int) -> int:
     """`source`'s shards hard-linked `factor` times under new unit numbers, with a manifest
     built from the re-numbered sidecars: a real output of factor x as many units."""
-    from pipeline.format.manifest import Sidecar, build_manifest, write_json_atomic
+    from pipeline.format.manifest import build_manifest, load_manifest, write_manifest
+    from pipeline.format.sidecars import Sidecar
 
-    manifest = json.loads((source / "manifest.json").read_text())
+    manifest = load_manifest(str(source))
     sidecars: dict[str, list[Sidecar]] = {}
-    units = manifest["num_units"]
-    for split in manifest["splits"]:
+    units = manifest.num_units
+    for split in manifest.splits:
         (target / split).mkdir(parents=True)
         cars = [
             Sidecar.from_dict(json.loads(p.read_text()))
@@ -181,15 +182,15 @@ def scale_output(source: Path, target: Path, factor: int) -> int:
         sidecars[split] = out
     (target / "tokenizer.json").write_bytes((source / "tokenizer.json").read_bytes())
     scaled = build_manifest(
-        config=manifest["config"],
-        tokenizer=manifest["tokenizer"],
-        inputs=manifest["inputs"] * factor,
+        config=manifest.config,
+        tokenizer=manifest.tokenizer,
+        inputs=list(manifest.inputs) * factor,
         skipped_files=[],
         num_units=units * factor,
         sidecars=sidecars,
-        pipeline_version=manifest["pipeline_version"],
+        pipeline_version=manifest.pipeline_version,
     )
-    write_json_atomic(str(target / "manifest.json"), scaled)
+    write_manifest(str(target), scaled)
     return units * factor
 
 
