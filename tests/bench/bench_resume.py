@@ -70,6 +70,7 @@ def main() -> None:
     import boto3
 
     from pipeline.format import storage
+    from pipeline.ingest.units import WorkUnit
     from pipeline.run.config import RunConfig
     from pipeline.run.output_folder import finished_sidecars, finished_units
     from pipeline.run.runner import LocalExecutor, run_pipeline
@@ -106,15 +107,19 @@ def main() -> None:
     write_s = time.perf_counter() - started
     digest = json.loads(storage.read_bytes(f"{out}/run.json"))["digest"]
     storage.remove(f"{out}/manifest.json")
-    indices = list(range(first.num_units))
+    units = [  # the plan, as the sidecars record it
+        WorkUnit(format="parquet", text_bytes=0, **json.loads(storage.read_bytes(
+            f"{out}/train/shard-{i:05d}.json"))["unit"])
+        for i in range(first.num_units)
+    ]  # fmt: skip
 
     before, after = [], []
     for _ in range(args.rounds):
         t = time.perf_counter()
-        seq = {i: finished_sidecars(out, i, digest) for i in indices}
+        seq = {u.index: finished_sidecars(out, u, digest) for u in units}
         before.append(time.perf_counter() - t)
         t = time.perf_counter()
-        par = finished_units(out, indices, digest)
+        par = finished_units(out, units, digest)
         after.append(time.perf_counter() - t)
         assert seq == par and all(v is not None for v in par.values())
     t = time.perf_counter()

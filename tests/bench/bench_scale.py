@@ -143,7 +143,7 @@ def plan_only(corpus: Path) -> dict:
         "from pipeline.ingest.sources import list_inputs, describe_input\n"
         "from pipeline.ingest.units import plan_units\n"
         "t = time.perf_counter()\n"
-        "files = [describe_input(p, 'text', 'id') for p in list_inputs((sys.argv[1],))]\n"
+        "files = [describe_input(p, 'text', 'id') for p in list_inputs((sys.argv[1],)).files]\n"
         "units = plan_units(files, 1)\n"
         "print(json.dumps({'units': len(units), 'plan_s': time.perf_counter() - t}))\n"
     )
