@@ -96,7 +96,7 @@ def test_without_an_address_a_local_ray_whatever_the_machine_holds(
         env = _client_env(RAY_ADDRESS=cluster.address)
     out = tmp_path / "out"
     proc = subprocess.run(
-        _run_cmd(dictwiki_one_file, out, "--workers", "2"),
+        _run_cmd(dictwiki_one_file, out, "--backend", "ray", "--workers", "2"),
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -255,10 +255,13 @@ def _wait(ready: object, timeout: float) -> None:
     raise TimeoutError("condition not met in time")
 
 
-def test_sigterm_is_one_line_exit_143_and_resumable(dictwiki: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["processes", "ray"])
+def test_sigterm_is_one_line_exit_143_and_resumable(
+    backend: str, dictwiki: Path, tmp_path: Path
+) -> None:
     """What Kubernetes and batch schedulers send: like Ctrl-C, no stack dump from any process."""
     out = tmp_path / "out"
-    cmd = _run_cmd(dictwiki, out, "--workers", "2")
+    cmd = _run_cmd(dictwiki, out, "--backend", backend, "--workers", "2")
     cmd[cmd.index("--unit-bytes") + 1] = str(100_000)
     proc = subprocess.Popen(cmd, env=_client_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
