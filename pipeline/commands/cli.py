@@ -71,8 +71,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             "pass 1 (the default) or more"
         )
     config = run_config.from_args(args)
+    from pipeline.run.ray_address import in_ray_job
+
+    # --ray-address implies Ray; so does being a Ray job's driver (its work belongs on the
+    # job's cluster, not in processes on the head node), unless --backend local.
+    ray_wanted = args.ray_address or (args.backend == "processes" and in_ray_job())
     executor = executor_for(
-        "ray" if args.ray_address else args.backend,
+        "ray" if ray_wanted else args.backend,
         workers=args.workers,
         ray_address=args.ray_address,
         threads_per_worker=args.threads_per_worker,

@@ -8,7 +8,8 @@ What a user expects, and what this decides (no Ray import: pure environment and 
   never decide where a run goes nor make it fail; the first progress line says which Ray is
   used and names a cluster found but not used.
 - Inside a Ray job (`ray job submit -- pipeline run ...`, or `jobs/preprocess.py`): the job's
-  cluster, from the RAY_ADDRESS that the job supervisor sets for the driver.
+  cluster, from the RAY_ADDRESS that the job supervisor sets for the driver; the CLI picks
+  the Ray backend there unless told `--backend local` (`in_ray_job`).
 - `--ray-address HOST:PORT`: that cluster, checked to answer before Ray is started.
 - `--ray-address auto`: RAY_ADDRESS, else the cluster `ray start` recorded on this machine if it
   answers; a stale record is refused in one line instead of Ray's 60 s of retries.
@@ -35,11 +36,16 @@ class RayTarget:
     embedded: bool
 
 
+def in_ray_job(environ: Mapping[str, str] = os.environ) -> bool:
+    """This process is a Ray job's driver (`ray job submit -- pipeline run ...`)."""
+    return bool(environ.get("RAY_ADDRESS")) and JOB_ENV in environ
+
+
 def choose_cluster(
     address: str | None, cpus: int, environ: Mapping[str, str] = os.environ
 ) -> RayTarget:
     env_address = environ.get("RAY_ADDRESS", "")
-    if address in (None, "auto") and env_address and JOB_ENV in environ:
+    if address in (None, "auto") and in_ray_job(environ):
         return RayTarget(env_address, f"ray: this Ray job's cluster at {env_address}", False)
     if address is None:
         note = ""

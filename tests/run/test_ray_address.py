@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import UsageError
-from pipeline.run.ray_address import JOB_ENV, choose_cluster
+from pipeline.run.ray_address import JOB_ENV, choose_cluster, in_ray_job
 
 
 @pytest.fixture
@@ -45,6 +45,7 @@ def test_a_stale_address_file_never_matters_without_an_address(tmp_path: Path) -
 
 def test_inside_a_ray_job_the_jobs_cluster(listening: str) -> None:
     environ = {"RAY_ADDRESS": listening, JOB_ENV: "{}"}
+    assert in_ray_job(environ) and not in_ray_job({"RAY_ADDRESS": listening})
     for address in (None, "auto"):
         target = choose_cluster(address, 2, environ)
         assert not target.embedded and target.address == listening
