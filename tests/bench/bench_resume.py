@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -128,6 +129,7 @@ def main() -> None:
     assert again.num_units_run == 0 and again.manifest == first.manifest
     server.terminate()
     server.wait()
+    shutil.rmtree(work, ignore_errors=True)
     b, a = statistics.median(before), statistics.median(after)
     print(
         json.dumps(
