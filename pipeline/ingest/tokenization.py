@@ -91,8 +91,8 @@ def _load_folder(folder: Path) -> Tokenizer:
         raise UsageError(
             f"--tokenizer {folder}: expected the packages that convert a SentencePiece model "
             f"(transformers, sentencepiece, protobuf), found {', '.join(missing)} missing; run "
-            "`pip install '.[train]'` (or `pip install transformers sentencepiece protobuf`), "
-            "or save the folder once with tokenizer.save_pretrained() to get tokenizer.json"
+            "`pip install '.[spm]'` (the train extra includes it), or save the folder once with "
+            "tokenizer.save_pretrained() to get tokenizer.json"
         )
     from transformers import AutoTokenizer
 

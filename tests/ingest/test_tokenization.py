@@ -94,9 +94,7 @@ def test_sentencepiece_folder_without_a_converter_names_the_missing_package(
     """Without sentencepiece or protobuf transformers says "tiktoken is required": not that."""
     (tmp_path / "spm.model").write_bytes(b"\x00not a real model")
     monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
-    with pytest.raises(
-        UsageError, match=rf"found {package} missing; run `pip install '.\[train\]'"
-    ):
+    with pytest.raises(UsageError, match=rf"found {package} missing; run `pip install '.\[spm\]'"):
         load_tokenizer(str(tmp_path))
 
 
