@@ -47,6 +47,30 @@ def begins_word(rule: str, piece: str) -> bool:
     return piece.startswith("Ġ") or all(c in "ĉĊċČčĠ" for c in piece)
 
 
+def start_probabilities(p: float, max_ngram: int) -> list[float]:
+    """The chance that a word at offset d (d = 0..N-1, the last for all d >= N-1) from its
+    segment's first word starts a span, such that every word is covered with chance p: at
+    offset d < N-1 only the d + 1 words from the segment start can reach it; further on all N
+    can, with one shared q (bisection)."""
+    if max_ngram == 1:
+        return [p]
+    weights = [1 / n for n in range(1, max_ngram + 1)]
+    longer = [sum(weights[k:]) / sum(weights) for k in range(max_ngram)]  # P(length > k)
+    q = [p]
+    for d in range(1, max_ngram - 1):
+        miss = 1.0
+        for k in range(1, d + 1):
+            miss *= 1 - q[d - k] * longer[k]
+        q.append(1 - (1 - p) / miss)
+    low, high = 0.0, 1.0
+    for _ in range(60):
+        mid, miss = (low + high) / 2, 1.0
+        for k in range(max_ngram):
+            miss *= 1 - mid * longer[k]
+        low, high = (mid, high) if 1 - miss < p else (low, mid)
+    return [min(max(x, 0.0), p) for x in [*q, high]]
+
+
 def reference_mask(
     row: list[int], docs: list[int] | None, vocab: dict[str, Any], spec: MaskingSpec,
     seed: int, epoch: int, block: int, max_ngram: int,
@@ -63,38 +87,36 @@ def reference_mask(
             words.append([i])
         else:
             words[-1].append(i)
-    span_starts = set()
-    if max_ngram == 1:
-        span_starts = set(range(len(words)))
-    else:
-        cuts, total = [], 0.0
-        for n in range(1, max_ngram):
-            total += (1 / n) / sum(1 / k for k in range(1, max_ngram + 1))
-            cuts.append(round(total * 65536))
-        w, k = 0, 0
-        while w < len(words):  # walk the words, one span length drawn per span
-            span_starts.add(w)
-            draw = token_hash(seed, epoch, block, k) & 0xFFFF
-            w += 1 + sum(draw >= c for c in cuts)
-            k += 1
-        for w, word in enumerate(words):
-            f = word[0]
-            if row[f] in special or (f and row[f - 1] in special):
-                span_starts.add(w)
-            if f and docs is not None and docs[f] != docs[f - 1]:
-                span_starts.add(w)
     scale = 1 << 24
-    t_choose, t_mask = round(spec.probability * scale), round(spec.mask_fraction * scale)
+    t_mask = round(spec.mask_fraction * scale)
     t_random = round((spec.mask_fraction + spec.random_fraction) * scale)
     candidates = [i for i in range(spec.vocab_size) if i not in special]
     inputs, labels = list(row), [-100] * len(row)
-    chosen_span = False
+    # Segment starts: no span crosses a block start, a document start or a special token.
+    hard = []
+    for word in words:
+        f = word[0]
+        hard.append(f == 0 or row[f] in special or row[f - 1] in special
+                    or (docs is not None and docs[f] != docs[f - 1]))  # fmt: skip
+    q = start_probabilities(spec.probability, max_ngram)
+    cuts, total = [], 0.0
+    for n in range(1, max_ngram):
+        total += (1 / n) / sum(1 / k for k in range(1, max_ngram + 1))
+        cuts.append(round(total * 65536))
+    covered, offset = set(), 0
+    for w, word in enumerate(words):  # each word may start a span
+        offset = 0 if hard[w] else min(offset + 1, max_ngram - 1)
+        f = word[0]
+        draw = token_hash(seed, epoch, block, f)
+        if row[f] in special or draw >> 40 >= round(q[offset] * scale):
+            continue
+        length = 1 + sum((draw & 0xFFFF) >= c for c in cuts)
+        for k in range(length):
+            if w + k == len(words) or (k > 0 and hard[w + k]):
+                break
+            covered.add(w + k)
     for w, word in enumerate(words):
-        if w in span_starts:
-            f = word[0]
-            draw = token_hash(seed, epoch, block, f) >> 40
-            chosen_span = row[f] not in special and draw < t_choose
-        if not chosen_span:
+        if w not in covered:
             continue
         kind = (token_hash(seed, epoch, block, word[0]) >> 16) & 0xFFFFFF  # one per word
         for pos in word:
