@@ -13,11 +13,13 @@ that is never chosen).
   low 16 bits with p(n) ∝ 1/n (DeBERTa's `NGramMaskGenerator` weights: 6/11, 3/11, 2/11 for
   n <= 3). A span is clipped at a segment end (a block end, a document start, a special token:
   no span crosses one) and overlapping spans are unioned. q_d depends on the word's offset d
-  from its segment's first word: q_0 = `probability`, q_1 .. q_{N-2} such that those words
-  are covered with probability exactly `probability` (fewer spans can reach them), and for
-  d >= N-1 the q solving 1 - prod_k (1 - q P(n > k)) = `probability`. So every word is covered
-  with probability `probability`, exactly at offsets < N-1 and >= 2N-2 and within 0.006 in
-  between (N = 3, 0.15), and the expected masked share of maskable tokens is `probability`.
+  from its segment's first word (`span_start_probabilities`): far from a segment start
+  (d >= 2N-2) the q solving 1 - prod_k (1 - q P(n > k)) = `probability`, nearer a q_d solved
+  offset by offset from q_0 = `probability` (fewer spans can reach those words). So every
+  word is covered with probability `probability` (within 0.001 at d = 2N-2..3N-4 for N = 3,
+  exactly elsewhere), and so is the expected masked share of maskable tokens. Until issue 13's
+  speed work the words were cut into consecutive spans walked from each block's start: the same
+  share and span-length weights, but a dozen passes over [blocks, words] arrays (0.34x token).
 * 80/10/10 is decided per word: a chosen word is all [MASK], all random ids or all kept. Per
   token (Google's BERT-wwm, the old DataCollatorForWholeWordMask and DeBERTa's mlm_task.py all
   draw per token) a chosen 3-piece word keeps at least one piece visible 27 % of the time,
@@ -188,16 +190,16 @@ class WordMasker(Masker):
         starts = word_starts(codes, doc_starts)
         flat_starts = starts.ravel()
         first = np.flatnonzero(flat_starts)  # each word's first token
-        specials = np.flatnonzero(codes & SPECIAL)  # few: a word of their own each
+        special = codes >= SPECIAL  # the SPECIAL bit is the highest; a word of its own each
         # The draw of bits 63-40 below the threshold, compared without a shift.
         below = self._lucky_below
         lucky = np.ones(h.shape, dtype=bool) if below is None else h < below
-        lucky.ravel()[specials] = False
+        lucky &= ~special  # two passes: cheaper than finding the few specials' positions
         lucky_w = lucky.ravel()[flat_starts]  # per word: its first token's draw
         if self.max_ngram == 1:
             chosen_w = np.flatnonzero(lucky_w)
         else:
-            chosen_w = self._choose_spans(lucky_w, h, first, specials, doc_starts)
+            chosen_w = self._choose_spans(lucky_w, h, first, special, doc_starts)
         # Expand the chosen words to their tokens (flat positions in [b, L]).
         chosen_first = first[chosen_w]
         clen = _next(first, chosen_w, tokens.size) - chosen_first
@@ -226,25 +228,23 @@ class WordMasker(Masker):
         lucky_w: np.ndarray,
         h: np.ndarray,
         first: np.ndarray,
-        specials: np.ndarray,
+        special: np.ndarray,
         doc_starts: np.ndarray | None,
     ) -> np.ndarray:
         """Indices of the words covered by spans (a word in two spans twice). Candidates are the
-        lucky words (draw below
-        q_0); each keeps its start if its draw is below q_d for its offset d from the segment
-        start, then covers up to n words, stopping at the next segment start. Every pass after
-        the first runs over the candidates only (~15 % of the words)."""
-        size = h.size
+        lucky words (draw below q_0); each keeps its start if its draw is below q_d for its
+        offset d from the segment start, then covers up to n words, stopping at the next
+        segment start. Past the segment starts, every pass runs over the candidates only
+        (~15 % of the words)."""
         # Segment starts, as token positions: block starts, document starts, specials and the
         # token after each special.
-        hard = self._buffer("hard", (size,), np.bool_)
-        hard.fill(False)
-        hard[:: h.shape[1]] = True
-        hard[specials] = True
-        after = specials + 1
-        hard[after[after < size]] = True
+        hard = self._buffer("hard", h.shape, np.bool_)
+        hard[:] = special
+        hard[:, 1:] |= special[:, :-1]
+        hard[:, 0] = True
         if doc_starts is not None:
-            hard[doc_starts] = True
+            hard.ravel()[doc_starts] = True
+        hard = hard.ravel()
         last = first.size - 1
         cand = np.flatnonzero(lucky_w)  # word indices, sorted
         draw = h.ravel()[first[cand]]
