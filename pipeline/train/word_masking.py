@@ -77,7 +77,7 @@ def span_start_probabilities(probability: float, max_ngram: int) -> list[float]:
     word itself, q_0 = probability) and, far from a segment start, for one q shared by all N
     terms (bisection; coverage rises with q). The recursion settles towards q in a damped
     oscillation, so switching to q at 2N-2 leaves offsets 2N-2 .. 3N-4 within 0.001 of
-    `probability` (N = 3, 0.15; 0.004 at worst for N = 2) and every other offset exact."""
+    `probability` (N >= 3, any probability; 0.0045 for N = 2) and every other offset exact."""
     n = max_ngram
     if n == 1:
         return [probability]

@@ -228,7 +228,7 @@ def test_ngram_covers_every_word_with_the_probability_near_segment_starts_too(
 ) -> None:
     """One-piece words in documents of 1..7 words: most words sit within N words of a segment
     start, where fewer spans can reach them. Their share is still p at every offset (within
-    0.004 by construction), not the 0.096 that a single span start probability would give
+    0.0045 by construction), not the 0.096 that a single span start probability would give
     the first word of a document (N = 3, p = 0.15)."""
     vocab, table, size = small_vocab("wordpiece")
     words = [i for i, p in vocab["pieces"].items() if i >= 4 and i < size - 2
