@@ -47,6 +47,31 @@ def begins_word(rule: str, piece: str) -> bool:
     return piece.startswith("Ġ") or all(c in "ĉĊċČčĠ" for c in piece)
 
 
+def start_probabilities(p: float, max_ngram: int) -> list[float]:
+    """The chance that a word at offset d (d = 0..2N-2, the last for all d >= 2N-2) from its
+    segment's first word starts a span, such that every word is covered with chance p: word d
+    is missed if none of words d - k (k <= min(d, N-1)) starts a span longer than k; solved
+    one offset at a time from q_0 = p, and far from segment starts one q shared by all N
+    terms (bisection)."""
+    if max_ngram == 1:
+        return [p]
+    weights = [1 / n for n in range(1, max_ngram + 1)]
+    longer = [sum(weights[k:]) / sum(weights) for k in range(max_ngram)]  # P(length > k)
+    q = [p]
+    for d in range(1, 2 * max_ngram - 2):
+        miss = 1.0
+        for k in range(1, min(d, max_ngram - 1) + 1):
+            miss *= 1 - q[d - k] * longer[k]
+        q.append(1 - (1 - p) / miss)
+    low, high = 0.0, 1.0
+    for _ in range(60):
+        mid, miss = (low + high) / 2, 1.0
+        for k in range(max_ngram):
+            miss *= 1 - mid * longer[k]
+        low, high = (mid, high) if 1 - miss < p else (low, mid)
+    return [min(max(x, 0.0), p) for x in [*q, high]]
+
+
 def reference_mask(
     row: list[int], docs: list[int] | None, vocab: dict[str, Any], spec: MaskingSpec,
     seed: int, epoch: int, block: int, max_ngram: int,
@@ -63,38 +88,36 @@ def reference_mask(
             words.append([i])
         else:
             words[-1].append(i)
-    span_starts = set()
-    if max_ngram == 1:
-        span_starts = set(range(len(words)))
-    else:
-        cuts, total = [], 0.0
-        for n in range(1, max_ngram):
-            total += (1 / n) / sum(1 / k for k in range(1, max_ngram + 1))
-            cuts.append(round(total * 65536))
-        w, k = 0, 0
-        while w < len(words):  # walk the words, one span length drawn per span
-            span_starts.add(w)
-            draw = token_hash(seed, epoch, block, k) & 0xFFFF
-            w += 1 + sum(draw >= c for c in cuts)
-            k += 1
-        for w, word in enumerate(words):
-            f = word[0]
-            if row[f] in special or (f and row[f - 1] in special):
-                span_starts.add(w)
-            if f and docs is not None and docs[f] != docs[f - 1]:
-                span_starts.add(w)
     scale = 1 << 24
-    t_choose, t_mask = round(spec.probability * scale), round(spec.mask_fraction * scale)
+    t_mask = round(spec.mask_fraction * scale)
     t_random = round((spec.mask_fraction + spec.random_fraction) * scale)
     candidates = [i for i in range(spec.vocab_size) if i not in special]
     inputs, labels = list(row), [-100] * len(row)
-    chosen_span = False
+    # Segment starts: no span crosses a block start, a document start or a special token.
+    hard = []
+    for word in words:
+        f = word[0]
+        hard.append(f == 0 or row[f] in special or row[f - 1] in special
+                    or (docs is not None and docs[f] != docs[f - 1]))  # fmt: skip
+    q = start_probabilities(spec.probability, max_ngram)
+    cuts, total = [], 0.0
+    for n in range(1, max_ngram):
+        total += (1 / n) / sum(1 / k for k in range(1, max_ngram + 1))
+        cuts.append(round(total * 65536))
+    covered, offset = set(), 0
+    for w, word in enumerate(words):  # each word may start a span
+        offset = 0 if hard[w] else min(offset + 1, len(q) - 1)
+        f = word[0]
+        draw = token_hash(seed, epoch, block, f)
+        if row[f] in special or draw >> 40 >= round(q[offset] * scale):
+            continue
+        length = 1 + sum((draw & 0xFFFF) >= c for c in cuts)
+        for k in range(length):
+            if w + k == len(words) or (k > 0 and hard[w + k]):
+                break
+            covered.add(w + k)
     for w, word in enumerate(words):
-        if w in span_starts:
-            f = word[0]
-            draw = token_hash(seed, epoch, block, f) >> 40
-            chosen_span = row[f] not in special and draw < t_choose
-        if not chosen_span:
+        if w not in covered:
             continue
         kind = (token_hash(seed, epoch, block, word[0]) >> 16) & 0xFFFFFF  # one per word
         for pos in word:
@@ -197,6 +220,38 @@ def test_the_vectorized_masker_equals_the_per_token_reference(
                               int(index[r]), n)  # fmt: skip
         assert inputs[r].tolist() == want[0] and labels[r].tolist() == want[1], r
     assert inputs.dtype == labels.dtype == np.int64
+
+
+@pytest.mark.parametrize("max_ngram", [2, 3, 5])
+def test_ngram_covers_every_word_with_the_probability_near_segment_starts_too(
+    max_ngram: int,
+) -> None:
+    """One-piece words in documents of 1..7 words: most words sit within N words of a segment
+    start, where fewer spans can reach them. Their share is still p at every offset (within
+    0.0045 by construction), not the 0.096 that a single span start probability would give
+    the first word of a document (N = 3, p = 0.15)."""
+    vocab, table, size = small_vocab("wordpiece")
+    words = [i for i, p in vocab["pieces"].items() if i >= 4 and i < size - 2
+             and not p.startswith("##")]  # fmt: skip
+    rng = np.random.default_rng(max_ngram)
+    blocks, length = 4000, 64
+    tokens = rng.choice(words, size=(blocks, length)).astype(np.uint16)
+    docs = np.cumsum(rng.random((blocks, length)) < 0.25, axis=1).astype(np.int32)
+    spec = spec_for(table, size, "ngram", max_ngram=max_ngram, probability=0.15)
+    index = np.arange(blocks, dtype=np.int64)
+    _, labels = make_masker(spec)(tokens, index, np.zeros_like(index), 11, doc_ids=docs)
+    chosen = labels != -100
+    starts = np.ones_like(chosen)
+    starts[:, 1:] = docs[:, 1:] != docs[:, :-1]
+    offset = np.arange(length)[None, :] - np.maximum.accumulate(
+        np.where(starts, np.arange(length)[None, :], 0), axis=1
+    )
+    for d in range(4):
+        at = chosen[offset == d]
+        assert at.size > 20_000 and abs(at.mean() - 0.15) < 0.008, (d, at.mean())
+    assert abs(chosen.mean() - 0.15) < 0.003  # 256 K words: standard error 0.0007
+    runs = chosen[:, 1:] & chosen[:, :-1] & ~starts[:, 1:]
+    assert runs.sum() > 0.2 * chosen.sum()  # spans of several words, not single words
 
 
 def test_token_masking_is_bit_for_bit_what_it_was() -> None:
