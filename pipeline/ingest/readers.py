@@ -36,7 +36,12 @@ class DocumentBatch:
 
 
 class BadInputError(DataError):
-    """A unit's file could not be read to the end; `--on-bad-file skip` leaves the unit out."""
+    """A unit's file could not be read to the end; `--on-bad-file skip` leaves that file out
+    (`path`: the file, so that a unit of several files can be redone without it)."""
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 def read_documents(unit: WorkUnit, text_column: str, id_column: str) -> Iterator[DocumentBatch]:
@@ -65,14 +70,16 @@ def _named_errors(
 ) -> Iterator[DocumentBatch]:
     try:
         yield from batches
-    except BadInputError:
+    except BadInputError as exc:
+        exc.path = exc.path or part.path
         raise
     except (pa.ArrowException, OSError, EOFError, zstandard.ZstdError) as exc:
         rows = f"rows {part.row_start}-{part.row_end}" if part.row_end is not None else "lines"
         raise BadInputError(
             f"{part.path}: expected readable {fmt} {rows}, found damaged data "
             f"({brief(exc, 160)}); replace the file, or pass --on-bad-file skip to leave "
-            "this part out (it is listed in the manifest)"
+            "this part out (it is listed in the manifest)",
+            part.path,
         ) from exc
 
 

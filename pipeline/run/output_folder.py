@@ -237,7 +237,7 @@ def exclusive(output: str) -> Iterator[None]:
 
 def _same_unit(recorded: dict[str, Any], unit: WorkUnit) -> bool:
     """Did the sidecar come from this very unit (the plan of the code that wrote it)?"""
-    return {k: v for k, v in recorded.items() if k != "error"} == unit.to_dict()
+    return {k: v for k, v in recorded.items() if k not in ("error", "skipped")} == unit.to_dict()
 
 
 def sidecars_in_order(

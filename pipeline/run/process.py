@@ -7,7 +7,7 @@ This is the only place the stages are composed; the local runner and the Ray run
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -56,16 +56,12 @@ def process_unit(
     unit: WorkUnit, config: RunConfig, tokenizer_sha256: str, run_digest: str
 ) -> UnitSummary:
     encoder = load_encoder(config.output, config.dtype, tokenizer_sha256)
-    built = _UnitOutput.empty(unit, config, encoder.info)
     unit_record: dict[str, object] = unit.to_dict()
-    try:
-        num_rows = _pack_documents(unit, config, encoder, built)
-    except BadInputError as exc:
-        if config.on_bad_file != "skip":
-            raise
-        # The unit contributes nothing (no half-read file in the data); the manifest lists it.
-        built, num_rows = _UnitOutput.empty(unit, config, encoder.info), 0
-        unit_record["error"] = str(exc)
+    built, num_rows, left_out = _pack_readable(unit, config, encoder)
+    if left_out and len(unit.parts) == 1:
+        unit_record["error"] = left_out[0]["reason"]
+    elif left_out:
+        unit_record["skipped"] = left_out
     num_documents = num_tokens = 0
     for split in SPLITS:
         leftover, leftover_starts = built.packers[split].leftover()
@@ -86,6 +82,36 @@ def process_unit(
         text_bytes=unit.text_bytes,
         peak_rss_bytes=peak_rss_bytes(),
     )
+
+
+def _pack_readable(
+    unit: WorkUnit, config: RunConfig, encoder: DocumentEncoder
+) -> tuple[_UnitOutput, int, list[dict[str, str]]]:
+    """Pack the unit; under --on-bad-file skip, a file that does not read is left out and the
+    unit redone from scratch without it (the good files of a unit of several small files are
+    kept). Returns (what was built, rows read, [{"path", "reason"}] of the files left out).
+
+    Files are read in order and the first damaged one fails first, so what is left out does
+    not depend on the number of workers.
+    """
+    left_out: list[dict[str, str]] = []
+    todo = unit
+    while True:
+        built = _UnitOutput.empty(unit, config, encoder.info)
+        try:
+            return built, _pack_documents(todo, config, encoder, built), left_out
+        except BadInputError as exc:
+            if config.on_bad_file != "skip":
+                raise
+            bad = exc.path if exc.path in {p.path for p in todo.parts} else todo.path
+            left_out.append({"path": bad, "reason": str(exc)})
+            rest = [p for p in todo.parts if p.path != bad]
+            if not rest:  # nothing readable: no half-read file in the data
+                return _UnitOutput.empty(unit, config, encoder.info), 0, left_out
+            todo = replace(
+                unit, path=rest[0].path, row_start=rest[0].row_start, row_end=rest[0].row_end,
+                more=tuple(rest[1:]),
+            )  # fmt: skip
 
 
 def _pack_documents(

@@ -274,13 +274,14 @@ def _count_rows(
 
 
 def _skipped_units(sidecars: dict[str, list[Sidecar]]) -> list[dict[str, str]]:
-    """Every file of a unit left out (a unit of several small files lists each)."""
-    return [
-        {"path": part["path"], "reason": car.unit["error"]}
-        for car in sidecars["train"]
-        if "error" in car.unit
-        for part in [car.unit, *car.unit.get("more", [])]
-    ]
+    """The files --on-bad-file skip left out of units, each with its own reason (the other
+    files of a unit of several files were read)."""
+    skipped: list[dict[str, str]] = []
+    for car in sidecars["train"]:
+        if "error" in car.unit:
+            skipped.append({"path": car.unit["path"], "reason": car.unit["error"]})
+        skipped += [{"path": s["path"], "reason": s["reason"]} for s in car.unit.get("skipped", [])]
+    return skipped
 
 
 def _check_real_work(config: RunConfig, manifest: Manifest) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -429,9 +430,41 @@ def test_a_damaged_file_among_small_files_names_itself(tmp_path: Path) -> None:
                        r"0-20, found damaged data"):  # fmt: skip
         run(tmp_path / "many", tmp_path / "out", unit_bytes=unit_bytes)
     result = run(tmp_path / "many", tmp_path / "out2", unit_bytes=unit_bytes, on_bad_file="skip")
-    skipped = [Path(s["path"]).name for s in result.manifest.to_dict()["skipped_files"]]
-    assert "part-00007.parquet" in skipped and 1 < len(skipped) < 20  # its unit's files, named
-    assert documents(result) == 19 * 10 + 20 - (10 * (len(skipped) - 1) + 20)
+    (skipped,) = result.manifest.to_dict()["skipped_files"]  # only the damaged file
+    assert Path(skipped["path"]).name == "part-00007.parquet"
+    assert "part-00007.parquet: expected readable parquet" in skipped["reason"]
+    assert documents(result) == 19 * 10  # every good file of its unit was read
+
+
+@pytest.mark.parametrize("unit_bytes", [None, 30_000])
+def test_a_damaged_file_leaves_out_only_itself_from_its_unit(
+    tmp_path: Path, unit_bytes: int | None
+) -> None:
+    """Six 20-row files, the fourth damaged: the other five (100 documents) are the dataset,
+    whether all six share one unit or units of a few files, with one worker or two."""
+    from pipeline.run.worker_pool import ProcessExecutor
+    from tests.conftest import damage_a_data_page
+
+    many = tmp_path / "many"
+    many.mkdir()
+    for k in range(6):
+        pq.write_table(_ROWS.slice(20 * k, 20), many / f"f{k}.parquet", row_group_size=10)
+    damage_a_data_page(many / "f3.parquet", many / "f3.parquet", row_group=1)
+    kw: dict[str, object] = {"on_bad_file": "skip"}
+    if unit_bytes:
+        kw["unit_bytes"] = unit_bytes
+    result = run(many, tmp_path / "out", **kw)
+    assert unit_bytes is None or result.num_units > 1, "units of several files, not one"
+    skipped = result.manifest.to_dict()["skipped_files"]
+    assert [Path(s["path"]).name for s in skipped] == ["f3.parquet"]
+    assert re.match(r".*f3\.parquet: expected readable parquet rows 0-20, found damaged data",
+                    skipped[0]["reason"])  # fmt: skip
+    assert documents(result) == 100
+    config = make_config(many, BERT, tmp_path / "out2", block_size=32, **kw)
+    pooled = run_pipeline(config, ProcessExecutor(workers=2, threads_per_worker=1),
+                          progress_stream=None)  # fmt: skip
+    assert pooled.manifest == result.manifest
+    assert verify_output(str(tmp_path / "out")) == []
 
 
 def test_an_object_store_prefix_follows_the_same_rules(tmp_path: Path, s3_bucket: str) -> None:
