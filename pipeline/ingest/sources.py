@@ -39,8 +39,9 @@ def list_inputs(inputs: tuple[str, ...]) -> InputListing:
     A path that exists is taken literally (`corpus[1]`, `wiki [en]`); only one that does not
     is expanded as a glob. In folders, names starting with `_` or `.` are ignored at any depth
     (Spark's `_temporary/`, `_SUCCESS`, `.hive-staging*`, hidden `.part-*`), as
-    `pyarrow.dataset` does; links are followed, loops survived, and each real file is read
-    once. Every other file that will not be read (another suffix, a dangling link) is listed.
+    `pyarrow.dataset` does; links are followed (not those to the folder or its ancestors),
+    loops survived, and each real file (hard links too) is read once. Every other file that
+    will not be read (another suffix, a dangling link, an unreadable folder) is listed.
     """
     found: list[str] = []
     not_read: list[dict[str, str]] = []
@@ -66,7 +67,7 @@ def list_inputs(inputs: tuple[str, ...]) -> InputListing:
                 )
             else:
                 found.append(os.path.realpath(match))
-    files = sorted(set(found))
+    files = _once(sorted(set(found)))
     if not files:
         unread = f" ({_describe(not_read)})" if not_read else ""
         raise UsageError(
@@ -81,16 +82,29 @@ def _ignored(name: str) -> bool:
 
 
 def _walk(folder: str, not_read: list[dict[str, str]]) -> list[str]:
-    """Real paths of the data files below a local folder (links followed, each folder once)."""
+    """Real paths of the data files below a local folder (links followed, each folder once).
+
+    A link to the folder itself or to one of its ancestors is not followed (it would read the
+    whole parent tree before the loop shows); one to an ancestor is listed as not read, as is
+    a subfolder that cannot be listed.
+    """
     files: list[str] = []
     seen: set[str] = set()
-    for root, dirs, names in os.walk(folder, followlinks=True):
+    top = os.path.realpath(folder)
+
+    def unlisted(exc: OSError) -> None:
+        reason = f"a folder that cannot be read ({exc.strerror or exc})"
+        not_read.append({"path": str(exc.filename), "reason": reason})
+
+    for root, dirs, names in os.walk(folder, followlinks=True, onerror=unlisted):
         real = os.path.realpath(root)
         if real in seen:  # a link loop, or a folder reached twice through links
             dirs[:] = []
             continue
         seen.add(real)
-        dirs[:] = sorted(d for d in dirs if not _ignored(d))
+        dirs[:] = [
+            d for d in sorted(dirs) if not _ignored(d) and not _links_up(root, d, top, not_read)
+        ]
         for name in sorted(n for n in names if not _ignored(n)):
             path = os.path.join(root, name)
             if not os.path.exists(path):
@@ -102,6 +116,35 @@ def _walk(folder: str, not_read: list[dict[str, str]]) -> list[str]:
             else:
                 files.append(os.path.realpath(path))
     return files
+
+
+def _links_up(root: str, name: str, top: str, not_read: list[dict[str, str]]) -> bool:
+    """Is root/name a link to the walked folder `top` or to an ancestor of it? (An ancestor
+    is listed as not read: its other files are outside the input.)"""
+    path = os.path.join(root, name)
+    if not os.path.islink(path):
+        return False
+    target = os.path.realpath(path)
+    if target == top:
+        return True  # a loop: every file below it is read through the folder itself
+    if top.startswith(target.rstrip("/") + "/"):
+        not_read.append({"path": path, "reason": "a link to an ancestor folder"})
+        return True
+    return False
+
+
+def _once(paths: list[str]) -> list[str]:
+    """One path per local file: hard links to one file (the same device and inode) are read
+    once, under the first path in sorted order."""
+    kept, seen = [], set()
+    for path in paths:
+        if not storage.is_remote(path):
+            st = os.stat(path)
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+        kept.append(path)
+    return kept
 
 
 def _describe(not_read: list[dict[str, str]], most: int = 4) -> str:

@@ -248,6 +248,53 @@ def test_links_are_read_once_and_loops_survived(tmp_path: Path) -> None:
     ]  # fmt: skip
 
 
+def test_a_link_to_an_ancestor_is_not_followed_and_is_named(tmp_path: Path) -> None:
+    """`data/loop/up -> ../..` would read the whole parent tree (here a 100-document file beside
+    `data`); a hard link is read once; an unreadable subfolder is named, not skipped silently."""
+    from pipeline.ingest.sources import list_inputs
+
+    data = tmp_path / "data"
+    write_docs(data / "a.parquet", 0, 200)
+    write_docs(tmp_path / "beside" / "b.parquet", 200, 300)
+    (data / "loop").mkdir()
+    (data / "loop" / "up").symlink_to("../..")
+    (data / "loop" / "self").symlink_to("..")  # a loop within the input: its files are read
+    os.link(data / "a.parquet", data / "loop" / "hard.parquet")
+    listing = list_inputs((str(data),))
+    assert listing.files == [str(data / "a.parquet")]
+    assert listing.not_read == [
+        {"path": str(data / "loop" / "up"), "reason": "a link to an ancestor folder"}
+    ]
+    with pytest.raises(DataError, match=r"loop/up: a link to an ancestor folder\); point"):
+        run(data, tmp_path / "out")
+    result = run(data, tmp_path / "out", on_bad_file="skip")
+    assert documents(result) == 200
+    assert [s.reason for s in result.manifest.skipped_files] == ["a link to an ancestor folder"]
+
+
+def test_an_unreadable_subfolder_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.ingest.sources import list_inputs
+
+    write_docs(tmp_path / "data" / "a.parquet")
+    write_docs(tmp_path / "data" / "locked" / "b.parquet")
+    real_scandir = os.scandir
+
+    def scandir(path: str) -> object:  # root may read any folder: deny one as chmod 000 would
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    listing = list_inputs((str(tmp_path / "data"),))
+    assert listing.files == [str(tmp_path / "data" / "a.parquet")]
+    assert listing.not_read == [
+        {
+            "path": str(tmp_path / "data" / "locked"),
+            "reason": "a folder that cannot be read (Permission denied)",
+        }
+    ]
+
+
 def test_a_file_named_twice_is_read_once(tmp_path: Path) -> None:
     write_docs(tmp_path / "data" / "a.parquet", 0, 300)
     (tmp_path / "alias").symlink_to(tmp_path / "data")
