@@ -115,7 +115,7 @@ def claim(output: str, identity: dict[str, Any], overwrite: bool) -> str:
     run_uri = storage.join(output, RUN_FILE)
     own, foreign, previous = _survey(output)
     if previous is not None and previous.get("digest") == digest:
-        _remove(output, [r for r in own if is_temporary(r)])  # a killed run's leftovers
+        remove_own_leftovers(output)  # a killed run's
     elif own - {LOCK_FILE} or foreign:
         if not own - {LOCK_FILE}:
             _refuse_foreign(output, foreign)
@@ -134,6 +134,20 @@ def claim(output: str, identity: dict[str, Any], overwrite: bool) -> str:
     if previous is None or previous.get("digest") != digest:
         write_json_atomic(run_uri, {"digest": digest, **identity})
     return digest
+
+
+def remove_own_leftovers(output: str) -> None:
+    """Remove the temporary files (`.NAME.tmp-PID`) that runs of this pipeline left in OUT.
+
+    Called by `claim` on a resume (a killed run's leftovers) and by the runner once every unit
+    is done (a worker killed mid-write, then retried, leaves its own): only under the lock, with
+    no worker of this run writing. On an object store there are none (a PUT is atomic), and
+    a listing of 10^5 objects is not free: nothing to do.
+    """
+    if storage.is_remote(output):
+        return
+    own, _, _ = _survey(output)
+    _remove(output, [r for r in own if is_temporary(r)])
 
 
 def check_claimable(output: str) -> None:

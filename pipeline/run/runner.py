@@ -53,6 +53,7 @@ from pipeline.run.output_folder import (
     claim,
     exclusive,
     finished_units,
+    remove_own_leftovers,
     run_identity,
     sidecars_in_order,
 )
@@ -155,6 +156,7 @@ def run_pipeline(
         pending = [u for u in units if done[u.index] is None]
         num_tokens, peak_rss = _execute(executor, pending, len(units), config, info, digest,
                                         progress_stream)  # fmt: skip
+        remove_own_leftovers(config.output)  # every worker stopped: a killed one's temporaries
         sidecars = _collect(config, info, units, done, digest)
         manifest = build_manifest(
             # Without `output`: a dataset is relocatable, and runs into two folders compare equal.

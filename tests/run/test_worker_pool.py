@@ -46,6 +46,33 @@ def test_a_killed_worker_is_replaced_and_its_unit_redone(
     assert _digest_tree(out) == _digest_tree(reference)
 
 
+def test_a_worker_killed_mid_write_leaves_no_temporary_file(
+    tmp_path: Path, reference: Path, dictwiki_one_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker dies between writing `.shard-00001.arrow.tmp-PID` and renaming it: the unit is
+    redone, the dead worker's temporary file removed, and `verify` passes."""
+    from pipeline.commands.verification import verify_output
+
+    marker, driver, real_fsync = tmp_path / "killed", os.getpid(), os.fsync
+
+    def fsync(fd: int) -> None:  # forked workers inherit it; the driver's own writes pass
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        if os.getpid() != driver and ".shard-00001.arrow.tmp-" in name and not marker.exists():
+            marker.write_text(f"killed writing {name}\n")
+            os._exit(137)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    out = tmp_path / "out"
+    config = make_config(dictwiki_one_file, BERT, out, unit_bytes=UNIT)
+    result = run_pipeline(config, ProcessExecutor(workers=2), progress_stream=None)
+    assert ".shard-00001.arrow.tmp-" in marker.read_text(), "the fault really happened"
+    assert result.num_units_run == 4 and result.num_tokens > 100_000
+    assert not [p.name for p in out.rglob(".*tmp-*")]
+    assert verify_output(str(out)) == []
+    assert _digest_tree(out) == _digest_tree(reference)
+
+
 def test_a_worker_that_keeps_dying_fails_the_run_with_one_line(
     tmp_path: Path, dictwiki_one_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
