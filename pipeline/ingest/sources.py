@@ -27,7 +27,9 @@ DATA_SUFFIXES = ", ".join(SUFFIXES)
 
 @dataclass(frozen=True)
 class InputListing:
-    """The files a run reads (real paths, sorted, each once) and those it will not read."""
+    """The files a run reads (each once, sorted, under the path it was found by, links not
+    resolved: a Hugging Face cache names its blobs by hash, not suffix) and those it will not
+    read."""
 
     files: list[str]
     not_read: list[dict[str, str]]  # {"path", "reason"}, for the refusal or the manifest
@@ -66,7 +68,7 @@ def list_inputs(inputs: tuple[str, ...]) -> InputListing:
                     "the link or leave it out of --input"
                 )
             else:
-                found.append(os.path.realpath(match))
+                found.append(os.path.abspath(match))
     files = _once(sorted(set(found)))
     if not files:
         unread = f" ({_describe(not_read)})" if not_read else ""
@@ -82,7 +84,8 @@ def _ignored(name: str) -> bool:
 
 
 def _walk(folder: str, not_read: list[dict[str, str]]) -> list[str]:
-    """Real paths of the data files below a local folder (links followed, each folder once).
+    """The data files below a local folder (links followed, each real folder once), under
+    the paths they were found by.
 
     A link to the folder itself or to one of its ancestors is not followed (it would read the
     whole parent tree before the loop shows); one to an ancestor is listed as not read, as is
@@ -114,7 +117,7 @@ def _walk(folder: str, not_read: list[dict[str, str]]) -> list[str]:
             elif format_of(name) is None:
                 not_read.append({"path": path, "reason": f"not a data file ({DATA_SUFFIXES})"})
             else:
-                files.append(os.path.realpath(path))
+                files.append(os.path.abspath(path))
     return files
 
 
@@ -134,8 +137,8 @@ def _links_up(root: str, name: str, top: str, not_read: list[dict[str, str]]) ->
 
 
 def _once(paths: list[str]) -> list[str]:
-    """One path per local file: hard links to one file (the same device and inode) are read
-    once, under the first path in sorted order."""
+    """One path per local file: paths to one file (links to it, hard links: the same device
+    and inode) are read once, under the first of them in sorted order."""
     kept, seen = [], set()
     for path in paths:
         if not storage.is_remote(path):

@@ -70,8 +70,8 @@ def digest_of(identity: dict[str, Any]) -> str:
 
 
 def check_output_apart(output: str, inputs: tuple[str, ...], files: list[str]) -> None:
-    """Refuse an output folder that is, holds or sits inside an input (real paths compared;
-    `files` are list_inputs' real paths).
+    """Refuse an output folder that is, holds or sits inside an input (real paths compared:
+    `files` are list_inputs' paths, links not resolved).
 
     Inside an input folder, a rerun would read its own shards; holding an input (the input's
     parent or any ancestor), --overwrite or a later cleanup could touch the user's data.
@@ -88,8 +88,8 @@ def check_output_apart(output: str, inputs: tuple[str, ...], files: list[str]) -
                 f"--output {output}: expected a folder outside the input folder {item}, found "
                 "it inside; a rerun would read its own shards. Choose another --output"
             )
-    for path in files:  # real paths already (list_inputs resolves links)
-        if _within(path, out):
+    for path in files:
+        if _within(_real(path), out):
             raise UsageError(
                 f"--output {output}: expected a folder that holds no input, found the input "
                 f"{path} inside it; choose an --output outside the inputs' folders"

@@ -11,6 +11,7 @@ The manifest is written last; timings go to a separate file so the manifest is d
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -194,15 +195,23 @@ def _notes(config: RunConfig, info: TokenizerInfo) -> tuple[str, ...]:
 
 def with_absolute_paths(config: RunConfig) -> RunConfig:
     """Resolved paths (symlinks and `..` too), so that the run's identity, resume and the
-    manifest do not depend on the working directory or on how a path was spelled."""
+    manifest do not depend on the working directory or on how a path was spelled; an input's
+    last name stays as given (a link in a Hugging Face cache names a blob called by its hash)."""
     return RunConfig.from_dict(
         {
             **config.to_dict(),
-            "inputs": [storage.normalize(i) for i in config.inputs],
+            "inputs": [_input_path(i) for i in config.inputs],
             "tokenizer": storage.normalize(config.tokenizer),
             "output": storage.normalize(config.output),
         }
     )
+
+
+def _input_path(item: str) -> str:
+    if storage.is_remote(storage.normalize(item)):
+        return storage.normalize(item)
+    path = os.path.abspath(os.path.expanduser(item.removeprefix("file://")))
+    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
 
 
 def _execute(

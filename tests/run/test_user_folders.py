@@ -295,6 +295,23 @@ def test_an_unreadable_subfolder_is_named(tmp_path: Path, monkeypatch: pytest.Mo
     ]
 
 
+def test_a_hugging_face_hub_cache_is_read_through_its_links(tmp_path: Path) -> None:
+    """`snapshots/rev1/data/train-00000-of-00001.parquet -> ../../../blobs/9f8e7d6c5b4a`: the
+    blob's name has no suffix; the file is known by its link's name, in messages and manifest."""
+    repo = tmp_path / "hub" / "datasets--wiki"
+    write_docs(repo / "blobs" / "9f8e7d6c5b4a", 0, 300)
+    data = repo / "snapshots" / "rev1" / "data"
+    data.mkdir(parents=True)
+    (data / "train-00000-of-00001.parquet").symlink_to("../../../blobs/9f8e7d6c5b4a")
+    name = str(data / "train-00000-of-00001.parquet")
+    for given in (repo / "snapshots" / "rev1", data / "train-00000-of-00001.parquet"):
+        result = run(given, tmp_path / f"out-{given.name}")
+        assert documents(result) == 300
+        assert [i["path"] for i in result.manifest.to_dict()["inputs"]] == [name]
+    with pytest.raises(UsageError, match=r"found the input .*train-00000-of-00001.parquet inside"):
+        run(data, repo / "blobs", overwrite=True)  # the blob lies in the output
+
+
 def test_a_file_named_twice_is_read_once(tmp_path: Path) -> None:
     write_docs(tmp_path / "data" / "a.parquet", 0, 300)
     (tmp_path / "alias").symlink_to(tmp_path / "data")
