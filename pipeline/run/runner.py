@@ -150,8 +150,7 @@ def run_pipeline(
         identity = run_identity(config.to_dict(), info.sha256, inputs)
         digest = claim(config.output, identity, overwrite)
         tok_uri = storage.join(config.output, TOKENIZER_FILE)
-        if not storage.exists(tok_uri):
-            storage.write_bytes_atomic(tok_uri, tok_text.encode())
+        _write_tokenizer(tok_uri, tok_text.encode())
         remember_encoder(config.output, tok, info)
         done = finished_units(config.output, units, digest)
         pending = [u for u in units if done[u.index] is None]
@@ -360,6 +359,13 @@ def _describe_inputs(paths: list[str], config: RunConfig) -> tuple[list[InputFil
             f"usable (skipped: {json.dumps(skipped)[:300]})"
         )
     return files, skipped
+
+
+def _write_tokenizer(uri: str, canonical: bytes) -> None:
+    """OUT/tokenizer.json is a file the run wrote: rewritten when missing, damaged or edited
+    (its bytes differ from the canonical text the run's tokenizer sha256 was taken of)."""
+    if not storage.exists(uri) or storage.read_bytes(uri) != canonical:
+        storage.write_bytes_atomic(uri, canonical)
 
 
 def _tokenizer_record(info: TokenizerInfo) -> TokenizerRecord:

@@ -295,6 +295,28 @@ def test_an_unreadable_subfolder_is_named(tmp_path: Path, monkeypatch: pytest.Mo
     ]
 
 
+@pytest.mark.parametrize("damage", ["truncate", "edit", "remove"])
+def test_a_damaged_or_edited_tokenizer_json_is_rewritten_by_a_rerun(
+    tmp_path: Path, damage: str
+) -> None:
+    write_docs(tmp_path / "in" / "a.parquet")
+    out = tmp_path / "out"
+    first = run(tmp_path / "in", out)
+    tok = out / "tokenizer.json"
+    original = tok.read_bytes()
+    if damage == "truncate":
+        tok.write_bytes(original[:100])
+    elif damage == "edit":
+        tok.write_bytes(original.replace(b"[MASK]", b"[MOSK]"))
+    else:
+        tok.unlink()
+    assert verify_output(str(out)) != [], "the damage is seen"
+    again = run(tmp_path / "in", out)
+    assert again.num_units_run == 0 and documents(again) == documents(first) == 300
+    assert tok.read_bytes() == original
+    assert verify_output(str(out)) == []
+
+
 def test_a_hugging_face_hub_cache_is_read_through_its_links(tmp_path: Path) -> None:
     """`snapshots/rev1/data/train-00000-of-00001.parquet -> ../../../blobs/9f8e7d6c5b4a`: the
     blob's name has no suffix; the file is known by its link's name, in messages and manifest."""
