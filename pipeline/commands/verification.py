@@ -164,9 +164,13 @@ def _sidecar_problems(uri: str, shard: ShardRecord, split: str, total: Ledger) -
     name = shard.sidecar_file
     fix = "delete it and rerun the same `pipeline run` command"
     try:
-        car = Sidecar.from_dict(read_json(uri))
+        data = read_json(uri)
     except DataError:
         return [f"{name}: missing or not JSON (the sidecar of {shard.file}); {fix}"]
+    try:
+        car = Sidecar.from_dict(data)
+    except DataError as exc:
+        return [f"{name}: {exc} (the sidecar of {shard.file}); {fix}"]
     except (KeyError, TypeError) as exc:
         return [f"{name}: not a sidecar of this format ({exc!r}); {fix}"]
     total.add(car.ledger)

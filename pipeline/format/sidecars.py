@@ -40,10 +40,23 @@ class Sidecar:
         return {"format_version": FORMAT_VERSION, **data}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Sidecar:
+    def from_dict(cls, data: Any) -> Sidecar:
+        """Raises DataError when data is not an object or its unit or ledger is not one (a
+        truncated or hand-edited sidecar: `null`, `[]`); KeyError or TypeError when a field is
+        missing or unexpected."""
+        for what, value in (("sidecar", data), ("unit", _get(data, "unit")),
+                            ("ledger", _get(data, "ledger"))):  # fmt: skip
+            if not isinstance(value, dict):
+                raise DataError(
+                    f"expected a JSON object as the {what}, found {type(value).__name__}"
+                )
         data = {k: v for k, v in data.items() if k != "format_version"}
         data["ledger"] = Ledger.from_dict(data["ledger"])
         return cls(**data)
+
+
+def _get(data: Any, key: str) -> Any:
+    return data.get(key, {}) if isinstance(data, dict) else {}
 
 
 def write_sidecar(output: str, index: int, sidecar: Sidecar) -> None:

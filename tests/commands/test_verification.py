@@ -151,6 +151,21 @@ def test_altered_and_missing_sidecars(out: Path) -> None:
     assert len(problems) == 3
 
 
+@pytest.mark.parametrize(("text", "found"), [("null", "NoneType"), ("[]", "list")])
+def test_a_null_or_list_sidecar_is_one_line_naming_it(out: Path, text: str, found: str) -> None:
+    from pipeline.errors import DataError
+    from pipeline.format.sidecars import Sidecar
+
+    with pytest.raises(DataError, match=rf"expected a JSON object as the sidecar, found {found}"):
+        Sidecar.from_dict(json.loads(text))
+    (out / "train/shard-00001.json").write_text(text)
+    problems = verify_output(str(out))
+    assert problems[0] == (
+        f"train/shard-00001.json: expected a JSON object as the sidecar, found {found} (the "
+        "sidecar of train/shard-00001.arrow); delete it and rerun the same `pipeline run` command"
+    )
+
+
 @pytest.mark.parametrize(
     ("change", "expected"),
     [

@@ -317,6 +317,18 @@ def test_a_damaged_or_edited_tokenizer_json_is_rewritten_by_a_rerun(
     assert verify_output(str(out)) == []
 
 
+@pytest.mark.parametrize("text", ["null", "[]", '{"unit": [], "ledger": null}'])
+def test_a_null_or_list_sidecar_is_redone_by_a_rerun(tmp_path: Path, text: str) -> None:
+    write_docs(tmp_path / "in" / "a.parquet")
+    out = tmp_path / "out"
+    first = run(tmp_path / "in", out)
+    for overwrite in (False, True):
+        (out / "train" / "shard-00000.json").write_text(text)
+        again = run(tmp_path / "in", out, overwrite=overwrite)
+        assert again.num_units_run == 1 and again.manifest == first.manifest
+        assert documents(again) == 300 and verify_output(str(out)) == []
+
+
 def test_a_hugging_face_hub_cache_is_read_through_its_links(tmp_path: Path) -> None:
     """`snapshots/rev1/data/train-00000-of-00001.parquet -> ../../../blobs/9f8e7d6c5b4a`: the
     blob's name has no suffix; the file is known by its link's name, in messages and manifest."""
