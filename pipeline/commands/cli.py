@@ -26,18 +26,24 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="worker processes on this machine (default: all cores); ignored on a cluster",
     )
-    p.add_argument("--threads-per-worker", type=int, default=1)
+    p.add_argument(
+        "--threads-per-worker",
+        type=int,
+        default=1,
+        help="tokenizer threads in each worker (default: %(default)s)",
+    )
     p.add_argument(
         "--backend",
         choices=["processes", "ray", "local"],
         default="processes",
-        help="processes (default): forked workers on this machine; ray: a local Ray, or the "
-        "cluster at --ray-address; local: every unit in this process (debugging)",
+        help="processes (the default): forked workers on this machine; ray: a local Ray, or "
+        "the cluster at --ray-address; local: every unit in this process (debugging)",
     )
     p.add_argument(
         "--ray-address",
         default=None,
-        help="an existing cluster, implies --backend ray ('auto' inside `ray job submit`)",
+        help="an existing cluster, implies --backend ray ('auto' inside `ray job submit`; "
+        "default: none)",
     )
     add_storage_argument(p)
     p.add_argument(
@@ -47,9 +53,13 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         "(readable by anyone who can list the cluster's tasks; default: workers use their own)",
     )
     p.add_argument(
-        "--overwrite", action="store_true", help="replace a different run found in --output"
+        "--overwrite",
+        action="store_true",
+        help="replace a different run found in --output (default: refuse it)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress lines (default: progress on stderr)"
+    )
 
 
 def add_storage_argument(p: argparse.ArgumentParser) -> None:

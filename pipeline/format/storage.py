@@ -19,7 +19,10 @@ from urllib.parse import urlparse
 import pyarrow.fs as pafs
 
 ENDPOINT_ENV = "PIPELINE_S3_ENDPOINT"
-ENDPOINT_HELP = "endpoint of an S3-compatible store for s3:// paths, e.g. http://127.0.0.1:9000"
+ENDPOINT_HELP = (
+    "endpoint of an S3-compatible store for s3:// paths, e.g. http://127.0.0.1:9000 "
+    "(default: AWS's, or AWS_ENDPOINT_URL from the environment)"
+)
 
 
 def use_endpoint(url: str | None) -> None:

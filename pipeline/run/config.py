@@ -80,11 +80,21 @@ _TYPES = typing.get_type_hints(RunConfig)
 _FLAG_NAMES = {"inputs": "input"}  # one --input flag takes many paths
 
 _HELP = {
-    "inputs": "parquet/jsonl(.zst) files, folders, globs or s3:// URIs",
+    "inputs": "parquet/jsonl(.zst/.gz) files, folders, globs or s3:// URIs",
     "tokenizer": "a tokenizer.json or a local Hugging Face model folder",
     "output": "output folder or s3:// URI",
-    "unit_bytes": "text bytes per work unit (default 32 MiB)",
+    "text_column": "the column (JSON field) that holds each document's text",
+    "id_column": "the column that names each document (keys the validation split)",
+    "block_size": f"tokens per packed block ({MIN_BLOCK_SIZE} to {MAX_BLOCK_SIZE})",
+    "packing": "framed: documents joined by [SEP], cut and each block framed [CLS] ... [SEP] "
+    "(RoBERTa's FULL-SENTENCES); concat: one token stream cut into blocks (group_texts)",
+    "validation_fraction": "share of documents (whole documents) in the validation split",
+    "dtype": "token id type of the shards; auto: the smallest that holds the vocabulary",
+    "unit_bytes": "text bytes per work unit (32 MiB is ~8 M tokens)",
     "batch_blocks": "blocks per Arrow record batch",
+    "compression_level": "zstd level of the shards (1 to 22)",
+    "on_bad_file": "fail: stop at an unreadable file; skip: leave it out (or its damaged "
+    "rows) and list it in the manifest",
 }
 
 # name -> (allowed values, how to choose); the values come from the field's Literal type.
@@ -136,14 +146,16 @@ def _either(choices: tuple[str, ...]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per RunConfig field: type, choices and default from the dataclass."""
+    """One flag per RunConfig field: type, choices and default from the dataclass, help
+    from _HELP (every field has one; the default is appended)."""
     for f in dataclasses.fields(RunConfig):
         kind = _TYPES[f.name]
-        options: dict[str, Any] = {"dest": f.name, "help": _HELP.get(f.name)}
+        options: dict[str, Any] = {"dest": f.name, "help": _HELP[f.name]}
         if f.default is dataclasses.MISSING:
             options["required"] = True
         else:
             options["default"] = f.default
+            options["help"] += " (default: %(default)s)"
         if typing.get_origin(kind) is tuple:
             options.update(nargs="+", metavar="PATH")
         elif typing.get_origin(kind) is Literal:

@@ -231,3 +231,20 @@ def test_damaged_data_page_fails_clearly_or_is_skipped_and_listed(
     # The good file and the damaged file's three other row groups: 4 + 3 units of 1,000 rows.
     read = train.ledger.num_documents + manifest.splits["validation"].ledger.num_documents
     assert read == 3830 + 3830 - 1000 and train.num_blocks > 0
+
+
+def test_every_run_flag_has_help_with_its_default() -> None:
+    import argparse
+
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    run = sub.choices["run"]
+    flags = [a for a in run._actions if a.option_strings and a.dest != "help"]
+    assert len(flags) >= 19, "every RunConfig field and every execution flag"
+    text = run.format_help()
+    for action in flags:
+        assert action.help, f"{action.option_strings[0]} has no help text"
+        if not action.required:
+            assert "default" in action.help, f"{action.option_strings[0]} names no default"
+    for shown in ("(default: text)", "(default: 128)", "(default: 33554432)", "(default: 1)"):
+        assert shown in " ".join(text.split())
