@@ -240,8 +240,15 @@ def _check_jsonl_fields(path: str, fmt: str, text_column: str) -> None:
             f"{path}: expected JSON lines, found a file whose first line does not read "
             f"({brief(exc)}); replace it, or pass --on-bad-file skip to leave it out"
         ) from exc
-    if not isinstance(obj, dict) or text_column not in obj:
-        keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+    if not isinstance(obj, dict):
+        found = "an array" if isinstance(obj, list) else f"a {type(obj).__name__}"
+        raise DataError(
+            f"{path}: expected JSON lines (one object per line), found {found} on the first "
+            "line (a JSON document, not JSON lines?); convert it, e.g. jq -c '.[]', or pass "
+            "--on-bad-file skip to leave it out"
+        )
+    if text_column not in obj:
+        keys = sorted(obj)
         raise DataError(
             f"{path}: expected a {text_column!r} field in each JSON object, found {keys} in "
             "the first line; pass --text-column with the field that holds the text"

@@ -158,3 +158,22 @@ def test_invalid_utf8_in_parquet_is_marked(tmp_path: Path) -> None:
     (unit,) = plan_units([describe_input(str(path), "text", "id")], 1 << 20)
     (batch,) = list(read_documents(unit, "text", "id"))
     assert batch.texts[0] == "good" and is_invalid(batch.texts[1]) and batch.texts[2] is None
+
+
+@pytest.mark.parametrize(
+    ("first_line", "found"),
+    [
+        ('[{"id": "1", "text": "One."}, {"id": "2", "text": "Two."}]', "an array"),
+        ('"just a string"', "a str"),
+    ],
+)
+def test_a_json_document_is_not_taken_for_json_lines(
+    tmp_path: Path, first_line: str, found: str
+) -> None:
+    import gzip
+
+    path = tmp_path / "dump.json.gz"
+    path.write_bytes(gzip.compress((first_line + "\n").encode()))
+    with pytest.raises(DataError, match=rf"dump.json.gz: expected JSON lines \(one object per "
+                       rf"line\), found {found} on the first line .*jq -c"):  # fmt: skip
+        describe_input(str(path), "text", "id")
