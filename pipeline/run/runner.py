@@ -10,13 +10,11 @@ The manifest is written last; timings go to a separate file so the manifest is d
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Any, Protocol, TextIO
+from typing import Protocol, TextIO
 
 from pipeline import __version__
 from pipeline.core.split import SPLITS
@@ -34,8 +32,6 @@ from pipeline.format.paths import TIMINGS_FILE, TOKENIZER_FILE
 from pipeline.format.records import write_json_atomic
 from pipeline.format.sidecars import Sidecar
 from pipeline.ingest.sources import (
-    EmptyInputError,
-    describe_input,
     list_inputs,
     refuse_unread,
 )
@@ -45,7 +41,7 @@ from pipeline.ingest.tokenization import (
     describe_tokenizer,
     load_tokenizer,
 )
-from pipeline.ingest.units import InputFile, WorkUnit, plan_units
+from pipeline.ingest.units import WorkUnit, plan_units
 from pipeline.run.config import RunConfig
 from pipeline.run.encoders import remember_encoder
 from pipeline.run.output_folder import (
@@ -57,6 +53,13 @@ from pipeline.run.output_folder import (
     remove_own_leftovers,
     run_identity,
     sidecars_in_order,
+)
+from pipeline.run.planning import (
+    check_real_work,
+    count_rows,
+    describe_inputs,
+    skipped_units,
+    with_absolute_paths,
 )
 from pipeline.run.process import process_unit
 from pipeline.run.progress import Progress
@@ -141,7 +144,7 @@ def run_pipeline(
     tok_text = canonical_json(tok)
     info = describe_tokenizer(tok, config.dtype, config.tokenizer, canonical=tok_text)
     pack_spec(config, info)  # fail early if framed packing is impossible
-    files, skipped_files = _describe_inputs(paths, config)
+    files, skipped_files = describe_inputs(paths, config)
     skipped_files = listing.not_read + skipped_files
     units = plan_units(files, config.unit_bytes)
     inputs = [{"path": f.path, "num_bytes": f.num_bytes, "num_rows": f.num_rows} for f in files]
@@ -162,13 +165,13 @@ def run_pipeline(
             # Without `output`: a dataset is relocatable, and runs into two folders compare equal.
             config={k: v for k, v in config.to_dict().items() if k != "output"},
             tokenizer=_tokenizer_record(info),
-            inputs=[InputRecord(**i) for i in _count_rows(inputs, units, sidecars)],
-            skipped_files=[SkippedFile(**s) for s in skipped_files + _skipped_units(sidecars)],
+            inputs=[InputRecord(**i) for i in count_rows(inputs, units, sidecars)],
+            skipped_files=[SkippedFile(**s) for s in skipped_files + skipped_units(sidecars)],
             num_units=len(units),
             sidecars=sidecars,
             pipeline_version=__version__,
         )
-        _check_real_work(config, manifest)
+        check_real_work(config, manifest)
         write_manifest(config.output, manifest)
     seconds = time.monotonic() - started
     _write_timings(config.output, seconds, len(pending), num_tokens, peak_rss)
@@ -190,27 +193,6 @@ def _notes(config: RunConfig, info: TokenizerInfo) -> tuple[str, ...]:
         "fine, but MLM training (`pipeline train`) will need one; add it to the tokenizer "
         "(tokenizer.add_special_tokens) and rerun with that tokenizer",
     )
-
-
-def with_absolute_paths(config: RunConfig) -> RunConfig:
-    """Resolved paths (symlinks and `..` too), so that the run's identity, resume and the
-    manifest do not depend on the working directory or on how a path was spelled; an input's
-    last name stays as given (a link in a Hugging Face cache names a blob called by its hash)."""
-    return RunConfig.from_dict(
-        {
-            **config.to_dict(),
-            "inputs": [_input_path(i) for i in config.inputs],
-            "tokenizer": storage.normalize(config.tokenizer),
-            "output": storage.normalize(config.output),
-        }
-    )
-
-
-def _input_path(item: str) -> str:
-    if storage.is_remote(storage.normalize(item)):
-        return storage.normalize(item)
-    path = os.path.abspath(os.path.expanduser(item.removeprefix("file://")))
-    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
 
 
 def _execute(
@@ -270,59 +252,6 @@ def _collect(
     return sidecars
 
 
-def _count_rows(
-    inputs: list[dict[str, Any]], units: list[WorkUnit], sidecars: dict[str, list[Sidecar]]
-) -> list[dict[str, Any]]:
-    """Parquet row counts come from the footers; JSON lines files' from reading them."""
-    read: dict[str, int] = {}
-    for unit, *cars in zip(units, *sidecars.values(), strict=False):
-        read[unit.path] = read.get(unit.path, 0) + sum(c.ledger.num_documents for c in cars)
-    return [
-        {**entry, "num_rows": read.get(entry["path"], 0)} if entry["num_rows"] is None else entry
-        for entry in inputs
-    ]
-
-
-def _skipped_units(sidecars: dict[str, list[Sidecar]]) -> list[dict[str, str]]:
-    """The files --on-bad-file skip left out of units, each with its own reason (the other
-    files of a unit of several files were read)."""
-    skipped: list[dict[str, str]] = []
-    for car in sidecars["train"]:
-        if "error" in car.unit:
-            skipped.append({"path": car.unit["path"], "reason": car.unit["error"]})
-        skipped += [{"path": s["path"], "reason": s["reason"]} for s in car.unit.get("skipped", [])]
-    return skipped
-
-
-def _check_real_work(config: RunConfig, manifest: Manifest) -> None:
-    """A run that packed no document at all is a mistake (wrong column?), not a dataset; nor is
-    one whose train split holds no block (a block size larger than the corpus)."""
-    ledgers = [split.ledger for split in manifest.splits.values()]
-    if sum(led.num_documents_packed for led in ledgers):
-        train = manifest.splits["train"]
-        if train.num_blocks == 0:
-            tokens = train.ledger.num_document_tokens + train.ledger.num_special_tokens
-            raise DataError(
-                f"--block-size {config.block_size}: expected at least one train block, found "
-                f"none (the train split has {tokens:,} tokens in all, fewer than one block); "
-                "lower --block-size (with --overwrite: this attempt holds the folder) or add "
-                "input. No manifest was published"
-            )
-        return
-    read = sum(led.num_documents for led in ledgers)
-    skipped: dict[str, int] = {}
-    for led in ledgers:
-        for reason, n in led.skipped.items():
-            skipped[reason] = skipped.get(reason, 0) + n
-    left_out = len(manifest.skipped_files)
-    unread = f", and {left_out} files left out as unreadable" if left_out else ""
-    raise DataError(
-        f"--input {' '.join(config.inputs)}: expected texts in column {config.text_column!r}, "
-        f"found none usable in {read:,} rows (skipped: {skipped}){unread}; check --text-column"
-        + (" and the files left out (run without --on-bad-file skip to see why)" if unread else "")
-    )
-
-
 def _write_timings(output: str, seconds: float, units_run: int, tokens: int, rss: int) -> None:
     """After the manifest, and not part of it: a failure here does not fail the run."""
     try:
@@ -340,25 +269,6 @@ def _write_timings(output: str, seconds: float, units_run: int, tokens: int, rss
     except OSError as exc:
         print(f"warning: timings.json not written ({brief(exc)}); the run is complete",
               file=sys.stderr)  # fmt: skip
-
-
-def _describe_inputs(paths: list[str], config: RunConfig) -> tuple[list[InputFile], list[dict]]:
-    files, skipped = [], []
-    for path in paths:
-        try:
-            files.append(describe_input(path, config.text_column, config.id_column))
-        except EmptyInputError as exc:
-            skipped.append({"path": path, "reason": str(exc)})
-        except DataError as exc:
-            if config.on_bad_file == "fail":
-                raise
-            skipped.append({"path": path, "reason": str(exc)})
-    if not files:
-        raise DataError(
-            f"--input: expected at least one readable file, found none of {len(paths)} "
-            f"usable (skipped: {json.dumps(skipped)[:300]})"
-        )
-    return files, skipped
 
 
 def _write_tokenizer(uri: str, canonical: bytes) -> None:

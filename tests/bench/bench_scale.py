@@ -85,7 +85,7 @@ def timed(name, fn):
         finally:
             phases[name] = phases.get(name, 0.0) + time.perf_counter() - t
     return wrapper
-for name in ("_describe_inputs", "plan_units", "finished_units", "_collect", "build_manifest",
+for name in ("describe_inputs", "plan_units", "finished_units", "_collect", "build_manifest",
              "write_manifest"):
     setattr(runner, name, timed(name, getattr(runner, name)))
 corpus, tokenizer, out, workers = sys.argv[1:5]
