@@ -9,6 +9,7 @@ not (said in one line), fp32 on the CPU.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -104,7 +105,7 @@ def setup_runtime(device: str, precision: str) -> Runtime:
         torch.cuda.set_device(target)
     else:
         target = torch.device("cpu")
-    bf16_ok = cuda and torch.cuda.is_bf16_supported()
+    bf16_ok = cuda and gpu_has_bf16()
     amp_dtype, note = choose_precision(precision, cuda=cuda, bf16_supported=bf16_ok)
     rank = 0
     if world > 1:
@@ -113,6 +114,16 @@ def setup_runtime(device: str, precision: str) -> Runtime:
     if note and rank == 0:
         print(note, file=sys.stderr)
     return Runtime(rank=rank, world_size=world, device=target, amp_dtype=amp_dtype)
+
+
+def gpu_has_bf16() -> bool:
+    """Native bf16 (compute capability >= 8). torch >= 2.3's `is_bf16_supported` defaults to
+    `including_emulation=True`, which says True on a V100 or T4 too (emulated, many times
+    slower); older torch has no such argument and answers for native support only."""
+    check = torch.cuda.is_bf16_supported
+    if "including_emulation" in inspect.signature(check).parameters:
+        return bool(check(including_emulation=False))
+    return bool(check())
 
 
 def choose_precision(
@@ -128,8 +139,8 @@ def choose_precision(
     if bf16_supported:
         return torch.bfloat16, None
     return torch.float16, (
-        "note: --precision auto: this GPU has no bf16 (torch.cuda.is_bf16_supported() is "
-        "False); training in fp16 autocast with a GradScaler (--precision fp32 to avoid it)"
+        "note: --precision auto: this GPU has no native bf16 (compute capability below 8.0); "
+        "training in fp16 autocast with a GradScaler (--precision fp32 to avoid it)"
     )
 
 

@@ -198,7 +198,7 @@ def test_gradient_checkpointing_gives_the_same_gradient(tmp_path: Path) -> None:
 def test_precision_auto_falls_back_where_the_gpu_has_no_bf16() -> None:
     assert choose_precision("auto", cuda=True, bf16_supported=True) == (torch.bfloat16, None)
     dtype, note = choose_precision("auto", cuda=True, bf16_supported=False)
-    assert dtype == torch.float16 and "no bf16" in note and "GradScaler" in note
+    assert dtype == torch.float16 and "no native bf16" in note and "GradScaler" in note
     assert note.count("\n") == 0
     assert choose_precision("auto", cuda=False, bf16_supported=False) == (None, None)
     assert choose_precision("fp32", cuda=True, bf16_supported=True) == (None, None)
@@ -220,3 +220,35 @@ def test_fp16_steps_through_a_grad_scaler(tmp_path: Path) -> None:
     assert any(not torch.equal(a, b) for a, b in zip(before, parameters(model), strict=True))
     restored = grad_scaler(rt, copy.deepcopy(scaler.state_dict()))
     assert restored.state_dict() == scaler.state_dict()
+
+
+@pytest.mark.parametrize("old_torch", [False, True])
+def test_precision_auto_uses_fp16_on_a_gpu_that_only_emulates_bf16(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], old_torch: bool
+) -> None:
+    """A V100 or T4 (compute capability 7.x): torch >= 2.3 says bf16 is supported there unless
+    asked for native support only; torch before it has no such argument."""
+    from pipeline.train import runtime
+
+    def emulating(including_emulation: bool = True) -> bool:
+        return including_emulation  # what torch 2.13 answers on compute capability 7.x
+
+    def older(*args: Any) -> bool:
+        assert not args, "older torch takes no argument"
+        return False
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", older if old_torch else emulating)
+    rt = runtime.setup_runtime("cuda", "auto")
+    assert rt.amp_dtype == torch.float16 and rt.needs_grad_scaler
+    assert "no native bf16" in capsys.readouterr().err
+
+
+def test_precision_auto_keeps_bf16_where_the_gpu_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.train import runtime
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert runtime.setup_runtime("cuda", "auto").amp_dtype == torch.bfloat16
