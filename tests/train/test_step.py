@@ -228,6 +228,59 @@ def test_fp16_steps_through_a_grad_scaler(tmp_path: Path) -> None:
     assert restored.state_dict() == scaler.state_dict()
 
 
+def fp16_stepper(model: Any, micro: int, batch_size: int) -> TrainStep:
+    from pipeline.train.step import grad_scaler
+
+    rt = Runtime(rank=0, world_size=1, device=torch.device("cpu"), amp_dtype=torch.float16)
+    run = stepper(model, micro, batch_size)
+    run.rt, run.scaler = rt, grad_scaler(rt, None)
+    return run
+
+
+def test_fp16_retries_an_oom_in_the_backward_pass_smaller(tmp_path: Path) -> None:
+    run = fp16_stepper(tiny(tmp_path), 8, 8)
+    run.runner.forward = oom = OutOfMemoryAbove(run.runner, limit=4)
+    result = run([batch(8)])
+    assert run.micro_batch_size == 4 and oom.failures == 1 and torch.isfinite(result.grad_norm)
+
+
+@pytest.mark.parametrize("where", ["clip", "optimizer"])
+def test_an_oom_after_the_backward_pass_is_not_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Gradient clipping or optimizer.step() out of memory under fp16: a retry would unscale the
+    gradients twice (GradScaler raises) or apply a partly done update again."""
+    model = tiny(tmp_path)
+    run = fp16_stepper(model, 4, 8)
+    run.runner.forward = calls = OutOfMemoryAbove(run.runner, limit=8)
+    first = next(model.parameters())
+    before = first.detach().clone()
+    oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+    if where == "clip":
+
+        def clip(*args: Any, **kwargs: Any) -> Any:
+            raise oom
+
+        monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+    else:
+
+        def partway(*args: Any, **kwargs: Any) -> Any:
+            with torch.no_grad():
+                first.add_(1.0)  # the first parameter updated, then out of memory
+            raise oom
+
+        monkeypatch.setattr(run.optimizer, "step", partway)
+    with pytest.raises(PipelineError, match=r"optimizer step: expected .* found a CUDA out-of-"
+                       r"memory there .* rerun with --resume") as caught:  # fmt: skip
+        run([batch(8)])
+    assert "\n" not in str(caught.value) and "Tried to allocate 1.00 GiB" in str(caught.value)
+    assert calls.sizes == [4, 4], "one forward pass per micro-batch: no retry"
+    assert run.micro_batch_size == 4
+    expected = before + 1.0 if where == "optimizer" else before
+    assert torch.equal(first.detach(), expected), "no part of the update applied twice"
+    assert all(p.grad is None for p in model.parameters()), "gradients dropped"
+
+
 @pytest.mark.parametrize("old_torch", [False, True])
 def test_precision_auto_uses_fp16_on_a_gpu_that_only_emulates_bf16(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], old_torch: bool
