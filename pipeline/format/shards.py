@@ -222,9 +222,6 @@ class ShardReader:
     def num_batches(self) -> int:
         return self._file.num_record_batches
 
-    def batch_sizes(self) -> list[int]:
-        return [self._file.get_batch(i).num_rows for i in range(self.num_batches)]
-
     def read_batch(self, index: int) -> Blocks:
         """One record batch as read-only numpy views of Arrow's decompressed buffers."""
         batch = self._file.get_batch(index)

@@ -25,10 +25,11 @@ import torch
 
 from pipeline.errors import UsageError
 from pipeline.format import storage
+from pipeline.train import run_folder
+from pipeline.train.run_folder import STATE_FILE
 
-FOLDER = "checkpoints"
-STATE_FILE = "trainer_state.json"
-PREFIX = "step-"
+FOLDER = run_folder.CHECKPOINTS
+PREFIX = run_folder.STEP_PREFIX
 
 
 def checkpoint_path(run: str, step: int) -> Path:
@@ -67,7 +68,9 @@ def prepare_run(
     run: str, prior: dict[str, Any] | None, config: dict[str, Any], world_size: int, rank: int
 ) -> None:
     """Refuse a fresh run over an earlier one's checkpoints (unless --overwrite, which clears
-    them) or a resume that cannot continue; remove what a crashed save left."""
+    them) or a resume that cannot continue; remove what a crashed save left. Every rank
+    checks first that the run would replace or delete only what a trainer run wrote."""
+    run_folder.check_run_folder(run, config["model"])
     if rank == 0:
         remove_partial(run)
     if prior is None:
@@ -102,12 +105,21 @@ def prepare_run(
 
 
 def clear_run(run: str) -> None:
-    """What an earlier run wrote into the folder (for --overwrite)."""
+    """What an earlier trainer run wrote into the folder (for --overwrite), and nothing else:
+    its checkpoints, its export and its logs, each recognised as its own (run_folder.py)."""
     folder = Path(run)
-    for name in (FOLDER, "model"):
-        shutil.rmtree(folder / name, ignore_errors=True)
-    for pattern in ("metrics.jsonl", "samples-rank*.jsonl"):
-        for path in folder.glob(pattern):
+    checkpoints = folder / FOLDER
+    if checkpoints.is_dir():
+        for path in checkpoints.iterdir():
+            if run_folder.is_own_checkpoint_entry(path):
+                shutil.rmtree(path)
+        if not any(checkpoints.iterdir()):
+            checkpoints.rmdir()
+    export = folder / run_folder.EXPORT_DIR
+    if export.is_dir() and not run_folder.foreign_in_export(export):
+        shutil.rmtree(export)
+    for path in [folder / run_folder.METRICS_FILE, *folder.glob(run_folder.SAMPLES_PATTERN)]:
+        if run_folder.is_own_log(path):
             path.unlink()
 
 
@@ -183,10 +195,12 @@ def rotate(run: str, keep_last: int) -> list[Path]:
 
 
 def remove_partial(run: str) -> None:
+    """The `.tmp-step-N` folders of crashed saves (only those: the name is the trainer's)."""
     folder = Path(run, FOLDER)
     if folder.is_dir():
-        for path in folder.glob(".tmp-*"):
-            shutil.rmtree(path, ignore_errors=True)
+        for path in folder.glob(f".tmp-{PREFIX}*"):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def restore(

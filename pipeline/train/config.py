@@ -151,7 +151,8 @@ _HELP = {
     "precision": "auto: bf16 autocast on CUDA (fp16 + GradScaler where the GPU has no bf16), "
     "fp32 on CPU",
     "threads": "torch CPU threads (0: torch's default)",
-    "overwrite": "start over in an --output that holds an earlier run (deletes its files)",
+    "overwrite": "start over in an --output that holds an earlier run (deletes the files a "
+    "trainer run wrote, never others)",
     "verify": "re-read every shard and check it against the manifest before training",
     "log_samples": "write the block keys each rank trained on to samples-rank{R}.jsonl",
 }

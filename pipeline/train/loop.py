@@ -249,7 +249,11 @@ def _export(cfg: TrainConfig, s: Session, last_eval: dict[str, Any], log: Metric
     info = {**dataclasses.asdict(choice), "total_steps": s.step}
     export_model(s.model, cfg.data, cfg.output, checkpoint=source, info=info)
     log.write({"event": "export", **info})
-    loss = choice.eval_loss if choice.eval_loss is not None else math.nan
-    print(f"done: {s.step} steps; model/ holds step {choice.step} ({choice.chosen}), eval "
-          f"loss {loss:.4f}, perplexity {perplexity(loss):.2f} -> {cfg.output}",
-          file=sys.stderr)  # fmt: skip
+    loss = choice.eval_loss
+    scored = (
+        f"eval loss {loss:.4f}, perplexity {perplexity(loss):.2f}"
+        if loss is not None and not math.isnan(loss)
+        else "no evaluation"
+    )
+    print(f"done: {s.step} steps; model/ holds step {choice.step} ({choice.chosen}), "
+          f"{scored} -> {cfg.output}", file=sys.stderr)  # fmt: skip

@@ -216,12 +216,6 @@ def enable_gradient_checkpointing(model: Any, spec: str) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def checkpoints_activations(model: Any) -> bool:
-    if hasattr(type(model), "is_activation_checkpointing"):
-        return bool(model.is_activation_checkpointing)
-    return bool(getattr(model, "is_gradient_checkpointing", False))
-
-
 def build_optimizer(
     model: nn.Module, lr: float, weight_decay: float, fused: bool
 ) -> torch.optim.AdamW:

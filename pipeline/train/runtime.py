@@ -9,6 +9,7 @@ not (said in one line), fp32 on the CPU.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -30,8 +31,7 @@ from pipeline.train.checkpoint import model_files
 from pipeline.train.dataset import BlockDataset
 from pipeline.train.masking import MaskingSpec, MLMCollator
 from pipeline.train.models import masked_targets
-
-EXPORT_FILE = "trainer_export.json"  # in RUN/model: which step the weights come from, and why
+from pipeline.train.run_folder import EXPORT_DIR, EXPORT_FILE, EXPORT_TMP, foreign_files
 
 # Evaluation masks depend on neither --seed nor the epoch, so every run is scored on the same
 # masked positions of the same validation blocks.
@@ -104,7 +104,7 @@ def setup_runtime(device: str, precision: str) -> Runtime:
         torch.cuda.set_device(target)
     else:
         target = torch.device("cpu")
-    bf16_ok = cuda and torch.cuda.is_bf16_supported()
+    bf16_ok = cuda and gpu_has_bf16()
     amp_dtype, note = choose_precision(precision, cuda=cuda, bf16_supported=bf16_ok)
     rank = 0
     if world > 1:
@@ -113,6 +113,16 @@ def setup_runtime(device: str, precision: str) -> Runtime:
     if note and rank == 0:
         print(note, file=sys.stderr)
     return Runtime(rank=rank, world_size=world, device=target, amp_dtype=amp_dtype)
+
+
+def gpu_has_bf16() -> bool:
+    """Native bf16 (compute capability >= 8). torch >= 2.3's `is_bf16_supported` defaults to
+    `including_emulation=True`, which says True on a V100 or T4 too (emulated, many times
+    slower); older torch has no such argument and answers for native support only."""
+    check = torch.cuda.is_bf16_supported
+    if "including_emulation" in inspect.signature(check).parameters:
+        return bool(check(including_emulation=False))
+    return bool(check())
 
 
 def choose_precision(
@@ -128,8 +138,8 @@ def choose_precision(
     if bf16_supported:
         return torch.bfloat16, None
     return torch.float16, (
-        "note: --precision auto: this GPU has no bf16 (torch.cuda.is_bf16_supported() is "
-        "False); training in fp16 autocast with a GradScaler (--precision fp32 to avoid it)"
+        "note: --precision auto: this GPU has no native bf16 (compute capability below 8.0); "
+        "training in fp16 autocast with a GradScaler (--precision fp32 to avoid it)"
     )
 
 
@@ -224,18 +234,40 @@ def export_model(
 ) -> Path:
     """RUN/model, ready for from_pretrained: the weights of `checkpoint` (the best by eval
     loss) or, without one, `model`'s current weights; plus the data's tokenizer.json and
-    EXPORT_FILE saying which step they come from."""
-    final = Path(output, "model")
-    tmp = final.with_name(".tmp-model")
-    shutil.rmtree(tmp, ignore_errors=True)
+    EXPORT_FILE saying which step they come from and which files the export wrote. It
+    replaces only an earlier export (checked at the start, and again here)."""
+    final = Path(output, EXPORT_DIR)
+    tmp = Path(output, EXPORT_TMP)
+    marker = json.dumps(info, indent=1, sort_keys=True) + "\n"
+    _refuse_foreign(output)
+    if tmp.exists():  # a crashed export (_refuse_foreign: its marker says so)
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    (tmp / EXPORT_FILE).write_text(marker)  # first: a crash leaves a folder known as ours
     if checkpoint is None:
         model.save_pretrained(str(tmp))
     else:
-        tmp.mkdir(parents=True)
         for path in model_files(checkpoint):
             shutil.copyfile(path, tmp / path.name)
     shutil.copyfile(Path(data, TOKENIZER_FILE), tmp / TOKENIZER_FILE)
-    (tmp / EXPORT_FILE).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
-    shutil.rmtree(final, ignore_errors=True)
+    files = sorted(p.name for p in tmp.iterdir() if p.name != EXPORT_FILE)
+    (tmp / EXPORT_FILE).write_text(
+        json.dumps({**info, "files": files}, indent=1, sort_keys=True) + "\n"
+    )
+    _refuse_foreign(output)  # a file dropped into model/ while the run trained
+    if final.exists():
+        shutil.rmtree(final)
     os.replace(tmp, final)
     return final
+
+
+def _refuse_foreign(output: str) -> None:
+    found = [p for p in foreign_files(output) if p.name in (EXPORT_DIR, EXPORT_TMP)
+             or p.parent.name == EXPORT_DIR]  # fmt: skip
+    if found:
+        raise UsageError(
+            f"{found[0]}: expected an export of `pipeline train` to replace, found files it did "
+            f"not write ({', '.join(str(p) for p in found[:5])}); move them out of "
+            f"{Path(output, EXPORT_DIR)} and rerun with --resume to export (the weights are in "
+            f"the checkpoints)"
+        )

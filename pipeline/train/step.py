@@ -20,11 +20,14 @@ the others waiting there; a 2-rank test hung so), then the ranks agree by one al
 any of them ran out of memory, and the probe's gradients and RNG draws are discarded.
 Optimizer state (AdamW: two tensors the size of the parameters) is held during the probe when
 the optimizer has none yet, so that the size found still fits once it exists. A later
-out-of-memory (the masked count varies a little per batch) is retried at half the size in a
-single process, and ends a distributed run with the advice to resume with a smaller
-`--micro-batch-size`. On the CPU there is no probe (its allocator does not raise CUDA's error);
-a CUDA out-of-memory simulated there in tests takes the single-process retry, and the probe is
-tested directly and under 2-rank torchrun (tests/train/ddp_oom_rank1.py).
+out-of-memory in the forward or backward pass (the masked count varies a little per batch) is
+retried at half the size in a single process, and ends a distributed run with the advice to
+resume with a smaller `--micro-batch-size`. One in gradient clipping or the optimizer step is
+never retried (fp16's GradScaler has unscaled the gradients already, and a step stopped partway
+may have updated some parameters): it ends the run with one line of advice. On the CPU there
+is no probe (its allocator does not raise CUDA's error); a CUDA out-of-memory simulated there
+in tests takes the single-process retry, and the probe is tested directly and under 2-rank
+torchrun (tests/train/ddp_oom_rank1.py).
 
 The hot path has no host-device sync: the masked counts and the head's gather positions are
 computed on the host from the CPU batch, the count all-reduce stays on the device, and only
@@ -103,10 +106,34 @@ class TrainStep:
     def __call__(self, batches: list[dict[str, torch.Tensor]]) -> StepResult:
         if self.searching:
             self._find_micro_batch(batches)
+        loss_sum, masked = self._gradients(batches)
+        try:
+            grad_norm = self._update()
+        except torch.OutOfMemoryError as exc:
+            failed = brief(exc, 200)
+        else:
+            return StepResult(loss_sum=loss_sum, masked=masked, grad_norm=grad_norm)
+        # Not retried: the gradients are unscaled (a GradScaler refuses a second unscale_) and
+        # an optimizer step that ran out of memory partway may have updated some parameters.
+        self.optimizer.zero_grad(set_to_none=True)
+        _free_memory(self.rt)
+        raise PipelineError(
+            f"optimizer step: expected the gradient clipping and the optimizer update to fit in "
+            f"GPU memory, found a CUDA out-of-memory there (after the forward and backward "
+            f"passes, so a smaller micro-batch is no retry: part of the update may be applied); "
+            f"rerun with --resume from the last checkpoint and {ALLOC_HINT}, "
+            f"--gradient-checkpointing or a smaller --micro-batch-size (a divisor of "
+            f"{self.batch_size}) to leave the optimizer more memory ({failed})"
+        )
+
+    def _gradients(self, batches: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, ...]:
+        """Forward and backward over the step's micro-batches; on a CUDA out-of-memory there
+        (nothing updated yet) the gradients are dropped and the step redone at half the size.
+        Returns (this rank's loss sum, masked tokens over all ranks)."""
         shrunk = False
         while True:
             try:
-                result = self._step(batches)
+                result = self._accumulate(batches)
             except torch.OutOfMemoryError as exc:
                 failed = brief(exc, 200)  # the text only: the exception's frames hold activations
             else:
@@ -126,12 +153,15 @@ class TrainStep:
             self._shrink()
             shrunk = True
 
-    def _step(self, batches: list[dict[str, torch.Tensor]]) -> StepResult:
+    def _accumulate(self, batches: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, ...]:
         micro = [m for b in batches for m in split_batch(b, self.micro_batch_size)]
         masked = self.rt.all_reduce_sum(sum(int((m["labels"] != -100).sum()) for m in micro))
         # DDP averages gradients over ranks: multiply back, then divide by the global count.
         scale = self.rt.world_size / masked.clamp(min=1).to(torch.float32)
-        loss_sum = self._forward_backward(micro, scale, probe=False)
+        return self._forward_backward(micro, scale, probe=False), masked
+
+    def _update(self) -> torch.Tensor:
+        """Unscale (fp16), clip and apply the accumulated gradients; returns the grad norm."""
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_norm)
@@ -142,7 +172,7 @@ class TrainStep:
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return StepResult(loss_sum=loss_sum, masked=masked, grad_norm=grad_norm)
+        return grad_norm
 
     def _forward_backward(
         self, micro: list[dict[str, torch.Tensor]], scale: torch.Tensor, *, probe: bool

@@ -265,7 +265,8 @@ def test_the_best_model_by_eval_loss_is_exported_and_the_last_kept_for_resuming(
     kept = [p.name for p in checkpoint.list_checkpoints(str(run))]
     assert kept == ["step-00000004", "step-00000008"], "the best and the last"
     export = json.loads((run / "model" / "trainer_export.json").read_text())
-    assert export == {"step": 4, "eval_loss": 2.0, "chosen": "best eval loss", "total_steps": 8}
+    assert export == {"step": 4, "eval_loss": 2.0, "chosen": "best eval loss", "total_steps": 8,
+                      "files": ["config.json", "model.safetensors", "tokenizer.json"]}  # fmt: skip
     best_weights = checkpoint.checkpoint_path(str(run), 4) / "model.safetensors"
     last_weights = checkpoint.checkpoint_path(str(run), 8) / "model.safetensors"
     exported = (run / "model" / "model.safetensors").read_bytes()

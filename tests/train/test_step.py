@@ -17,7 +17,6 @@ from pipeline.format.manifest import TokenizerRecord  # noqa: E402
 from pipeline.train.models import (  # noqa: E402
     PRESETS,
     MaskedLMObjective,
-    checkpoints_activations,
     enable_gradient_checkpointing,
     load_model,
     masked_targets,
@@ -184,6 +183,13 @@ def test_compile_sees_one_graph_without_host_syncs(tmp_path: Path) -> None:
     torch._dynamo.reset()
 
 
+def checkpoints_activations(model: Any) -> bool:
+    """transformers 5.x names it is_activation_checkpointing, 4.x is_gradient_checkpointing."""
+    if hasattr(type(model), "is_activation_checkpointing"):
+        return bool(model.is_activation_checkpointing)
+    return bool(getattr(model, "is_gradient_checkpointing", False))
+
+
 def test_gradient_checkpointing_gives_the_same_gradient(tmp_path: Path) -> None:
     plain, checkpointed = tiny(tmp_path), tiny(tmp_path)
     enable_gradient_checkpointing(checkpointed, "tiny-bert")
@@ -198,7 +204,7 @@ def test_gradient_checkpointing_gives_the_same_gradient(tmp_path: Path) -> None:
 def test_precision_auto_falls_back_where_the_gpu_has_no_bf16() -> None:
     assert choose_precision("auto", cuda=True, bf16_supported=True) == (torch.bfloat16, None)
     dtype, note = choose_precision("auto", cuda=True, bf16_supported=False)
-    assert dtype == torch.float16 and "no bf16" in note and "GradScaler" in note
+    assert dtype == torch.float16 and "no native bf16" in note and "GradScaler" in note
     assert note.count("\n") == 0
     assert choose_precision("auto", cuda=False, bf16_supported=False) == (None, None)
     assert choose_precision("fp32", cuda=True, bf16_supported=True) == (None, None)
@@ -220,3 +226,88 @@ def test_fp16_steps_through_a_grad_scaler(tmp_path: Path) -> None:
     assert any(not torch.equal(a, b) for a, b in zip(before, parameters(model), strict=True))
     restored = grad_scaler(rt, copy.deepcopy(scaler.state_dict()))
     assert restored.state_dict() == scaler.state_dict()
+
+
+def fp16_stepper(model: Any, micro: int, batch_size: int) -> TrainStep:
+    from pipeline.train.step import grad_scaler
+
+    rt = Runtime(rank=0, world_size=1, device=torch.device("cpu"), amp_dtype=torch.float16)
+    run = stepper(model, micro, batch_size)
+    run.rt, run.scaler = rt, grad_scaler(rt, None)
+    return run
+
+
+def test_fp16_retries_an_oom_in_the_backward_pass_smaller(tmp_path: Path) -> None:
+    run = fp16_stepper(tiny(tmp_path), 8, 8)
+    run.runner.forward = oom = OutOfMemoryAbove(run.runner, limit=4)
+    result = run([batch(8)])
+    assert run.micro_batch_size == 4 and oom.failures == 1 and torch.isfinite(result.grad_norm)
+
+
+@pytest.mark.parametrize("where", ["clip", "optimizer"])
+def test_an_oom_after_the_backward_pass_is_not_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Gradient clipping or optimizer.step() out of memory under fp16: a retry would unscale the
+    gradients twice (GradScaler raises) or apply a partly done update again."""
+    model = tiny(tmp_path)
+    run = fp16_stepper(model, 4, 8)
+    run.runner.forward = calls = OutOfMemoryAbove(run.runner, limit=8)
+    first = next(model.parameters())
+    before = first.detach().clone()
+    oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+    if where == "clip":
+
+        def clip(*args: Any, **kwargs: Any) -> Any:
+            raise oom
+
+        monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+    else:
+
+        def partway(*args: Any, **kwargs: Any) -> Any:
+            with torch.no_grad():
+                first.add_(1.0)  # the first parameter updated, then out of memory
+            raise oom
+
+        monkeypatch.setattr(run.optimizer, "step", partway)
+    with pytest.raises(PipelineError, match=r"optimizer step: expected .* found a CUDA out-of-"
+                       r"memory there .* rerun with --resume") as caught:  # fmt: skip
+        run([batch(8)])
+    assert "\n" not in str(caught.value) and "Tried to allocate 1.00 GiB" in str(caught.value)
+    assert calls.sizes == [4, 4], "one forward pass per micro-batch: no retry"
+    assert run.micro_batch_size == 4
+    expected = before + 1.0 if where == "optimizer" else before
+    assert torch.equal(first.detach(), expected), "no part of the update applied twice"
+    assert all(p.grad is None for p in model.parameters()), "gradients dropped"
+
+
+@pytest.mark.parametrize("old_torch", [False, True])
+def test_precision_auto_uses_fp16_on_a_gpu_that_only_emulates_bf16(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], old_torch: bool
+) -> None:
+    """A V100 or T4 (compute capability 7.x): torch >= 2.3 says bf16 is supported there unless
+    asked for native support only; torch before it has no such argument."""
+    from pipeline.train import runtime
+
+    def emulating(including_emulation: bool = True) -> bool:
+        return including_emulation  # what torch 2.13 answers on compute capability 7.x
+
+    def older(*args: Any) -> bool:
+        assert not args, "older torch takes no argument"
+        return False
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", older if old_torch else emulating)
+    rt = runtime.setup_runtime("cuda", "auto")
+    assert rt.amp_dtype == torch.float16 and rt.needs_grad_scaler
+    assert "no native bf16" in capsys.readouterr().err
+
+
+def test_precision_auto_keeps_bf16_where_the_gpu_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.train import runtime
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert runtime.setup_runtime("cuda", "auto").amp_dtype == torch.bfloat16

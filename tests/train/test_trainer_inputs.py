@@ -45,6 +45,8 @@ def test_an_output_without_validation_trains_without_evaluation(
                  "1", "--eval-steps", "1") == 0  # fmt: skip
     err = capsys.readouterr().err
     assert err.count("no validation blocks") == 1 and "training without evaluation" in err
+    done = err.splitlines()[-1]
+    assert done.startswith("done: 3 steps;") and "no evaluation" in done and "nan" not in done
     assert len(records(run, "train")) == 3 and records(run, "eval") == []
     kept = [p.name for p in checkpoint.list_checkpoints(str(run))]
     assert kept == ["step-00000002", "step-00000003"], "still checkpoints to resume from"
