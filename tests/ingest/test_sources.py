@@ -16,7 +16,13 @@ from hypothesis import strategies as st
 from pipeline.errors import DataError, UsageError
 from pipeline.ingest.readers import is_invalid, read_documents
 from pipeline.ingest.sources import describe_input, list_inputs
-from pipeline.ingest.units import InputFile, plan_units
+from pipeline.ingest.units import (
+    MIN_UNIT_BYTES,
+    MIN_UNITS,
+    InputFile,
+    group_bytes,
+    plan_units,
+)
 from tests.conftest import DICTWIKI
 
 
@@ -52,6 +58,42 @@ def test_units_cover_every_row_once_in_order(
         if sum(f.row_group_text_bytes) >= unit_bytes:
             assert all(len(u.parts) == 1 for u in units if u.path == f.path), "cut, not joined"
     assert [u.index for u in units] == list(range(len(units)))
+
+
+def _files(count: int, text_bytes: int) -> list[InputFile]:
+    return [
+        InputFile(
+            path=f"part-{k:05d}.parquet",
+            format="parquet",
+            num_bytes=1,
+            num_rows=1000,
+            row_group_rows=(500, 500),
+            row_group_text_bytes=(text_bytes // 2, text_bytes // 2),
+        )
+        for k in range(count)
+    ]
+
+
+@given(count=st.integers(1, 200), text_bytes=st.integers(2, 1 << 30))
+def test_units_are_smaller_only_where_the_corpus_is_small(count: int, text_bytes: int) -> None:
+    files = _files(count, text_bytes)
+    flag = 32 << 20
+    size = group_bytes(files, flag)
+    assert min(flag, MIN_UNIT_BYTES) <= size <= flag
+    total = count * (text_bytes // 2 * 2)
+    if total >= MIN_UNITS * flag:
+        assert size == flag, "a large corpus is planned with --unit-bytes as given"
+    else:
+        assert size == max(MIN_UNIT_BYTES, total // MIN_UNITS)
+    assert group_bytes(files, 4096) == 4096, "a smaller --unit-bytes is kept"
+
+
+def test_a_small_corpus_of_many_files_is_not_one_unit() -> None:
+    """dictwiki x8 as the benchmark lays it out: 50 MB of text in 32 files. Grouped up to
+    32 MiB it was 2 units, and one worker of two idled for much of the run."""
+    assert len(plan_units(_files(32, 1_600_000), 32 << 20)) == 32
+    assert len(plan_units(_files(1000, 300), 32 << 20)) == 1, "tiny files still share a unit"
+    assert len(plan_units(_files(1, 800_000), 1 << 30)) == 1, "a file below the flag: one unit"
 
 
 def test_dictwiki_plans_more_units_than_files() -> None:
