@@ -13,7 +13,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from pipeline.errors import PipelineError  # noqa: E402
-from pipeline.format.manifest import TokenizerRecord  # noqa: E402
 from pipeline.train.models import (  # noqa: E402
     PRESETS,
     MaskedLMObjective,
@@ -23,17 +22,8 @@ from pipeline.train.models import (  # noqa: E402
 )
 from pipeline.train.runtime import Runtime, choose_precision  # noqa: E402
 from pipeline.train.step import TrainStep, smaller_micro_batch, split_batch  # noqa: E402
+from tests.train.test_models import TOKENIZER  # noqa: E402  (one tiny vocabulary)
 
-TOKENIZER = TokenizerRecord(
-    file="tokenizer.json",
-    sha256="0" * 64,
-    vocab_size=300,
-    dtype="uint16",
-    prefix_ids=(),
-    suffix_ids=(),
-    special_ids={"cls": None, "sep": None, "pad": 0, "mask": 4, "unk": None},
-    all_special_ids=(0, 4),
-)
 CPU = Runtime(rank=0, world_size=1, device=torch.device("cpu"))
 
 
