@@ -33,6 +33,14 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="tokenizer threads in each worker (default: %(default)s)",
     )
     p.add_argument(
+        "--tokenizer-cache",
+        type=int,
+        default=None,
+        metavar="WORDS",
+        help="distinct words each worker's Unigram/BPE tokenizer caches (~260 bytes each when "
+        "full; 0: none; the output does not change; default: 1,000,000)",
+    )
+    p.add_argument(
         "--backend",
         choices=["processes", "ray", "local"],
         default="processes",
@@ -80,6 +88,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"--threads-per-worker: expected at least 1, found {args.threads_per_worker}; "
             "pass 1 (the default) or more"
         )
+    if args.tokenizer_cache is not None:
+        if args.tokenizer_cache < 0:
+            raise UsageError(
+                f"--tokenizer-cache: expected 0 or more words, found {args.tokenizer_cache}; "
+                "pass 0 for no cache, or leave it out for the default"
+            )
+        from pipeline.run.encoders import WORD_CACHE_ENV
+
+        os.environ[WORD_CACHE_ENV] = str(args.tokenizer_cache)  # workers inherit it
     config = run_config.from_args(args)
     from pipeline.run.ray_address import in_ray_job
 

@@ -6,20 +6,42 @@ vocabulary than the manifest names.
 
 from __future__ import annotations
 
+import os
+
 from tokenizers import Tokenizer
 
-from pipeline.errors import DataError
+from pipeline.errors import DataError, UsageError
 from pipeline.format import storage
 from pipeline.format.paths import TOKENIZER_FILE
-from pipeline.ingest.tokenization import DocumentEncoder, TokenizerInfo, describe_tokenizer
+from pipeline.ingest.tokenization import (
+    WORD_CACHE_WORDS,
+    DocumentEncoder,
+    TokenizerInfo,
+    describe_tokenizer,
+)
 
+# Set by `pipeline run --tokenizer-cache`; forked workers inherit it, Ray tasks get it passed.
+WORD_CACHE_ENV = "PIPELINE_TOKENIZER_CACHE"
 _ENCODERS: dict[tuple[str, str], DocumentEncoder] = {}
 
 
 def remember_encoder(output: str, tok: Tokenizer, info: TokenizerInfo) -> None:
     """Seed this process's cache with the driver's own tokenizer: the local executor and the
     forked startup child then skip reloading it (DeBERTa-v3's 8.5 MB JSON: ~1.2 s)."""
-    _ENCODERS[(output, info.sha256)] = DocumentEncoder(tok, info)
+    _ENCODERS[(output, info.sha256)] = DocumentEncoder(tok, info, word_cache_words())
+
+
+def word_cache_words() -> int:
+    """Words each worker's tokenizer caches: $PIPELINE_TOKENIZER_CACHE, else the default."""
+    value = os.environ.get(WORD_CACHE_ENV)
+    if value is None:
+        return WORD_CACHE_WORDS
+    if not value.strip().isdigit():
+        raise UsageError(
+            f"{WORD_CACHE_ENV}: expected a number of words (0 or more), found {value!r}; "
+            f"pass --tokenizer-cache N, or unset it for the default {WORD_CACHE_WORDS:,}"
+        )
+    return int(value)
 
 
 def load_encoder(output: str, dtype: str, expected_sha256: str) -> DocumentEncoder:
@@ -42,5 +64,5 @@ def load_encoder(output: str, dtype: str, expected_sha256: str) -> DocumentEncod
                 f"{expected_sha256}, found {info.sha256}; another run wrote into this folder, "
                 "rerun with --overwrite"
             )
-        _ENCODERS[key] = DocumentEncoder(tok, info)
+        _ENCODERS[key] = DocumentEncoder(tok, info, word_cache_words())
     return _ENCODERS[key]

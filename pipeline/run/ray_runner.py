@@ -32,6 +32,7 @@ from pipeline.format import storage
 from pipeline.format.storage import ENDPOINT_ENV
 from pipeline.ingest.units import WorkUnit
 from pipeline.run.config import RunConfig
+from pipeline.run.encoders import WORD_CACHE_ENV
 from pipeline.run.faults import FAULT_MARKER_ENV, FAULT_UNIT_ENV
 from pipeline.run.process import process_unit
 from pipeline.run.ray_address import RayTarget, choose_cluster
@@ -46,6 +47,7 @@ PASSED_ENV = (
     FAULT_UNIT_ENV,
     FAULT_MARKER_ENV,
     ENDPOINT_ENV,
+    WORD_CACHE_ENV,
     "AWS_DEFAULT_REGION",
     "AWS_REGION",
     "AWS_ENDPOINT_URL",

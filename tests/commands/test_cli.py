@@ -78,6 +78,11 @@ def data(tmp_path: Path, dictwiki_one_file: Path) -> Path:
             r"expected a number in \[0, 1\)",
         ),
         (
+            lambda d, t: ["--input", str(d), "--tokenizer", str(BERT), "--tokenizer-cache", "-1"],
+            2,
+            "--tokenizer-cache: expected 0 or more words, found -1",
+        ),
+        (
             lambda d, t: ["--input", str(d), "--tokenizer", str(BERT), "--text-column", "body"],
             1,
             "expected a text column 'body', found columns",

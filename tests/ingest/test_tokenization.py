@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from pipeline.errors import UsageError
 from pipeline.ingest.tokenization import (
@@ -18,6 +19,7 @@ from pipeline.ingest.tokenization import (
     describe_tokenizer,
     load_tokenizer,
     split_long_text,
+    widen_word_cache,
 )
 from tests.conftest import BERT, DICTWIKI, UNIGRAM
 
@@ -65,6 +67,36 @@ def test_prefix_bare_suffix_equals_full_encoding(path: Path, sample_texts: list[
         assert full == [*info.prefix_ids, *ids[offset : offset + n].tolist(), *info.suffix_ids]
         offset += n
     assert offset == ids.size > 10_000
+
+
+def _bpe_tokenizer(texts: list[str]) -> Tokenizer:
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=2000, show_progress=False))
+    return tok
+
+
+@pytest.mark.parametrize("kind", ["unigram", "bpe"])
+def test_a_wide_word_cache_gives_the_same_ids(kind: str, sample_texts: list[str]) -> None:
+    """The cache only memoizes: no cache, the default 10,000 words and a million words (second
+    pass: all hits) give the same ids."""
+    js = load_tokenizer(str(UNIGRAM)) if kind == "unigram" else _bpe_tokenizer(sample_texts)
+    js = js.to_str()
+    results = []
+    for words in (0, 10_000, 1_000_000):
+        tok = Tokenizer.from_str(js)
+        assert widen_word_cache(tok, words)
+        for _ in range(2):
+            encodings = tok.encode_batch_fast(sample_texts, add_special_tokens=False)
+            results.append([e.ids for e in encodings])
+    assert sum(map(len, results[0])) > 10_000
+    assert all(r == results[0] for r in results)
+
+
+def test_wordpiece_has_no_word_cache_and_is_left_alone() -> None:
+    tok = load_tokenizer(str(BERT))
+    assert not widen_word_cache(tok, 1_000_000)
+    assert DocumentEncoder(tok, describe_tokenizer(tok)).encode(["hello"])[0].tolist() == [7592]
 
 
 def test_long_documents_are_encoded_in_pieces_with_the_same_tokens() -> None:
