@@ -27,6 +27,11 @@ were taken under load and how much.
   (uint32 for a vocabulary above 65,535), no compression: its LLM-pretraining recipe
 * datatrove 0.10.1 (`--peers`): ParquetReader + DocumentTokenizer, 2 tasks, 2 workers
 * recipe (`--peers`): datasets map + group_texts, num_proc=2
+Every contender's tokenizer gets the pipeline's word cache (WORD_CACHE_WORDS; Unigram and BPE),
+so the ratios measure the pipeline, not the cache; "limit, 10,000-word cache" (x1, which repeats
+no article) is the tokenizer as loaded, to show what the cache buys. Ratios to the limit and to
+litdata are taken round by round (each run against its neighbour in the same round), because
+this machine's speed drifts by 20-30 % between minutes with no other load to be seen.
 tokens/s has one numerator for all: the documents' tokens (no specials) as the floor counts
 them, over each contender's wall time; every contender's own stored count is checked equal.
 Fixed cost: the wall time of a run over one tiny row group (start-up + shutdown, no real work).
@@ -60,6 +65,7 @@ CORES = os.cpu_count() or 1
 sys.path.insert(0, str(REPO))
 
 from pipeline.format.manifest import load_manifest  # noqa: E402
+from pipeline.ingest.tokenization import WORD_CACHE_WORDS as WORD_CACHE  # noqa: E402
 
 WORKERS = 2
 # litdata 0.2.76 declares torchvision, and PyPI's torchvision either pulls a CUDA torch or, pinned
@@ -74,6 +80,8 @@ from tokenizers import Tokenizer
 table = pq.read_table(sorted(glob.glob("{corpus}/*.parquet")), columns=["text"])
 texts = table.column("text").to_pylist()
 tok = Tokenizer.from_file("{tokenizer}"); tok.no_padding(); tok.no_truncation()
+if {cache} is not None and hasattr(tok.model, "_resize_cache"):
+    tok.model._resize_cache({cache})
 def encode(part):
     n = 0
     for i in range(0, len(part), 1000):
@@ -91,6 +99,8 @@ def tokenize(item):
     if _TOK is None:  # once per worker
         from tokenizers import Tokenizer
         _TOK = Tokenizer.from_file("{tokenizer}"); _TOK.no_padding(); _TOK.no_truncation()
+        if hasattr(_TOK.model, "_resize_cache"):  # the pipeline's word cache, for fairness
+            _TOK.model._resize_cache({cache})
     path, rg = item
     texts = pq.ParquetFile(path).read_row_group(rg, columns=["text"]).column("text").to_pylist()
     for e in _TOK.encode_batch_fast(texts, add_special_tokens=False):
@@ -155,16 +165,17 @@ def run_child(code: str, env: dict[str, str] | None = None, main: bool = False) 
 
 
 def floor(corpus: Path, tokenizer: str) -> dict:
-    code = READ_TEXTS.format(corpus=corpus, tokenizer=tokenizer) + (
+    code = READ_TEXTS.format(corpus=corpus, tokenizer=tokenizer, cache=WORD_CACHE) + (
         "t = time.perf_counter(); n = encode(texts)\n"
         "RESULT = {'seconds': time.perf_counter() - t, 'tokens': n}\n"
     )
     return run_child(code)
 
 
-def limit(corpus: Path, tokenizer: str) -> dict:
-    """One single-thread tokenizer per core, all at once, over texts already in memory."""
-    code = READ_TEXTS.format(corpus=corpus, tokenizer=tokenizer) + textwrap.dedent(
+def limit(corpus: Path, tokenizer: str, cache: int | None = WORD_CACHE) -> dict:
+    """One single-thread tokenizer per core, all at once, over texts already in memory; with
+    the pipeline's word cache, or (cache None) the tokenizer's own (10,000 words)."""
+    code = READ_TEXTS.format(corpus=corpus, tokenizer=tokenizer, cache=cache) + textwrap.dedent(
         f"""
         import multiprocessing as mp
         def encode_part(k):  # the forked workers hold the texts: only k is sent
@@ -180,7 +191,7 @@ def limit(corpus: Path, tokenizer: str) -> dict:
 def litdata(corpus: Path, tokenizer: str, out: Path, dtype: str) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     code = LITDATA.format(corpus=corpus, tokenizer=tokenizer, out=out, dtype=dtype,
-                          workers=WORKERS)  # fmt: skip
+                          workers=WORKERS, cache=WORD_CACHE)  # fmt: skip
     return run_child(code, {"RAYON_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}, True)
 
 
@@ -287,6 +298,21 @@ def interleaved(contenders: dict[str, Callable[[], dict]], rounds: int, max_othe
     return runs
 
 
+LIMIT = "limit (1 thread x 2 cores)"
+
+
+def paired(num: list[dict], den: list[dict], key_n: str, key_d: str, max_other: float,
+           scale: float = 1.0) -> str:  # fmt: skip
+    """Median and range of num[r][key_n] / den[r][key_d] over rounds r where neither run was
+    disturbed: a drift of the machine's speed between rounds then cancels."""
+    ratios = sorted(scale * a.get(key_n, a["wall"]) / b.get(key_d, b["wall"])
+                    for a, b in zip(num, den, strict=False)
+                    if a["other_cores"] <= max_other and b["other_cores"] <= max_other)  # fmt: skip
+    if not ratios:
+        return "-"
+    return f"{statistics.median(ratios):.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f})"
+
+
 def summary(runs: list[dict], max_other: float) -> dict:
     calm = [x for x in runs if x["other_cores"] <= max_other]
     use = calm or runs
@@ -354,11 +380,13 @@ def bench(name: str, corpora: dict[str, Path], work: Path, args: argparse.Namesp
         print(f"\n== {name}, {label}", flush=True)
         tokens = floor(corpus, str(clean))["tokens"]
         contenders: dict[str, Callable[[], dict]] = {
-            "limit (1 thread x 2 cores)": lambda c=corpus: limit(c, str(clean)),
+            LIMIT: lambda c=corpus: limit(c, str(clean)),
             "pipeline": lambda c=corpus: pipeline(c, str(folder), work / "p", WORKERS),
         }
         if have_litdata:
             contenders["litdata"] = lambda c=corpus: litdata(c, str(clean), work / "l", dtype)
+        if label == "x1" and not args.quick:  # what the word cache buys, on no repeats
+            contenders["limit, 10,000-word cache"] = lambda c=corpus: limit(c, str(clean), None)
         if args.ray and label == "x1":
             contenders["pipeline ray"] = lambda c=corpus: pipeline(
                 c, str(folder), work / "r", WORKERS, "--backend", "ray"
@@ -378,25 +406,27 @@ def bench(name: str, corpora: dict[str, Path], work: Path, args: argparse.Namesp
             stored = row["last"].get("document_tokens", row["last"].get("stored_tokens"))
             if "limit" not in n and n not in ("datatrove", "recipe") and stored != tokens:
                 raise SystemExit(f"{n} stored {stored} document tokens, the floor {tokens}")
-        limit_rate = tokens / rows["limit (1 thread x 2 cores)"]["seconds"]
-        base = rows.get("litdata")
         print(f"\n{name}, {label}: {tokens:,} document tokens (equal for every contender)")
-        print(f"{'':28} {'wall s':>7} {'cpu s':>7} {'cores':>6} {'M tok/s':>8} {'x limit':>8} "
-              f"{'x litdata':>9} {'B/token':>8} {'runs':>5} {'other load':>11}")  # fmt: skip
+        print("x limit, x litdata: medians (and ranges) of the ratios taken round by round, each "
+              "against the run next to it in the same round")  # fmt: skip
+        print(f"{'':30} {'wall s':>7} {'cpu s':>7} {'cores':>6} {'M tok/s':>8} {'x limit':>17} "
+              f"{'x litdata':>17} {'B/token':>8} {'runs':>5} {'other load':>11}")  # fmt: skip
         for n, row in rows.items():
             rate = tokens / row["seconds"]
-            vs = f"{row['wall'] / base['wall']:9.2f}" if base and "limit" not in n else f"{'-':>9}"
+            # throughput against the limit's; wall time against litdata's
+            vs_limit = paired(runs[LIMIT], runs[n], "seconds", "seconds", args.max_other)
+            vs_lit = paired(runs[n], runs.get("litdata", []), "wall", "wall", args.max_other)
             last = row["last"]
             bpt = last["out_bytes"] / last["stored_tokens"] if "out_bytes" in last else None
             flag = " (load)" if row["disturbed"] else ""
-            print(f"{n:28} {row['wall']:7.2f} {row['cpu']:7.2f} {row['cpu'] / row['wall']:6.2f} "
-                  f"{rate / 1e6:8.3f} {rate / limit_rate:8.2f} {vs} "
+            print(f"{n:30} {row['wall']:7.2f} {row['cpu']:7.2f} {row['cpu'] / row['wall']:6.2f} "
+                  f"{rate / 1e6:8.3f} {vs_limit:>17} {vs_lit if 'limit' not in n else '-':>17} "
                   f"{bpt if bpt is None else round(bpt, 3)!s:>8} {row['runs']:5d} "
                   f"{row['other_cores']:7.2f} c{flag}")  # fmt: skip
         if "pipeline 1 worker" in rows:
-            w1 = tokens / rows["pipeline 1 worker"]["seconds"]
-            w2 = tokens / rows["pipeline"]["seconds"]
-            print(f"scaling: per-worker throughput at 2 workers / at 1 worker = {w2 / 2 / w1:.2f}")
+            per_round = paired(runs["pipeline 1 worker"], runs["pipeline"], "wall", "wall",
+                               args.max_other, scale=0.5)  # fmt: skip
+            print(f"scaling: per-worker throughput at 2 workers / at 1 worker = {per_round}")
         report = entropy_report(work / "p")
         print(f"bytes: {report['disk_bytes']:.3f} bytes/token on disk, order-0 entropy of the "
               f"ids {report['entropy_bytes']:.3f} bytes/token "
@@ -409,17 +439,21 @@ def fixed_costs(work: Path, args: argparse.Namespace) -> None:
     """Wall time of runs over one row group of 20 short articles: start-up and shutdown."""
     tiny = work / "tiny"
     build_corpus(tiny, 1, 1, max_rows=20)
-    tok = str(SHARED / "tokenizers" / args.tokenizers[0])
-    contenders = {"pipeline (processes)": lambda: pipeline(tiny, tok, work / "t", WORKERS)}
-    if args.ray and not args.quick:
-        contenders["pipeline --backend ray"] = lambda: pipeline(tiny, tok, work / "tr", WORKERS,
-                                                                "--backend", "ray")  # fmt: skip
+    contenders = {}
+    for name in args.tokenizers:
+        tok = str(SHARED / "tokenizers" / name)
+        contenders[f"processes, {name}"] = lambda t=tok: pipeline(tiny, t, work / "t", WORKERS)
+        if args.ray and not args.quick:
+            contenders[f"--backend ray, {name}"] = lambda t=tok: pipeline(
+                tiny, t, work / "tr", WORKERS, "--backend", "ray"
+            )
     runs = interleaved(contenders, args.rounds, args.max_other, args.extra_rounds)
-    print(f"\nfixed cost (tokenizer {args.tokenizers[0]}, 20 articles, {WORKERS} workers):")
+    print(f"\nfixed cost (20 articles, {WORKERS} workers):")
     for n, r in runs.items():
         row = summary(r, args.max_other)
-        print(f"{n:28} {row['wall']:6.2f} s wall (median of {row['runs']}), other load "
-              f"{row['other_cores']:.2f} cores{' (load)' if row['disturbed'] else ''}")  # fmt: skip
+        print(f"{n:36} {row['wall']:6.2f} s wall {row['cpu']:6.2f} s cpu (median of "
+              f"{row['runs']}), other load {row['other_cores']:.2f} cores"
+              f"{' (load)' if row['disturbed'] else ''}")  # fmt: skip
 
 
 def main() -> int:
