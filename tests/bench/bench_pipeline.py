@@ -172,16 +172,16 @@ def floor(corpus: Path, tokenizer: str) -> dict:
     return run_child(code)
 
 
-def limit(corpus: Path, tokenizer: str, cache: int | None = WORD_CACHE) -> dict:
+def limit(corpus: Path, tokenizer: str, cache: int | None = WORD_CACHE, procs: int = CORES) -> dict:
     """One single-thread tokenizer per core, all at once, over texts already in memory; with
     the pipeline's word cache, or (cache None) the tokenizer's own (10,000 words)."""
     code = READ_TEXTS.format(corpus=corpus, tokenizer=tokenizer, cache=cache) + textwrap.dedent(
         f"""
         import multiprocessing as mp
         def encode_part(k):  # the forked workers hold the texts: only k is sent
-            return encode(texts[k::{CORES}])
-        with mp.get_context("fork").Pool({CORES}) as pool:
-            t = time.perf_counter(); n = sum(pool.map(encode_part, range({CORES})))
+            return encode(texts[k::{procs}])
+        with mp.get_context("fork").Pool({procs}) as pool:
+            t = time.perf_counter(); n = sum(pool.map(encode_part, range({procs})))
         RESULT = {{"seconds": time.perf_counter() - t, "tokens": n}}
         """
     )
@@ -392,6 +392,8 @@ def bench(name: str, corpora: dict[str, Path], work: Path, args: argparse.Namesp
                 c, str(folder), work / "r", WORKERS, "--backend", "ray"
             )
         if args.scaling and label != "x1":
+            # the limit's own scaling: what two processes on two cores give against one
+            contenders["limit, 1 process"] = lambda c=corpus: limit(c, str(clean), procs=1)
             contenders["pipeline 1 worker"] = lambda c=corpus: pipeline(c, str(folder),
                                                                         work / "p1", 1)  # fmt: skip
         if args.peers and label == "x1":
@@ -427,6 +429,9 @@ def bench(name: str, corpora: dict[str, Path], work: Path, args: argparse.Namesp
             per_round = paired(runs["pipeline 1 worker"], runs["pipeline"], "wall", "wall",
                                args.max_other, scale=0.5)  # fmt: skip
             print(f"scaling: per-worker throughput at 2 workers / at 1 worker = {per_round}")
+            own = paired(runs["limit, 1 process"], runs[LIMIT], "seconds", "seconds",
+                         args.max_other, scale=0.5)  # fmt: skip
+            print(f"the limit's own: per-process throughput at 2 processes / at 1 = {own}")
         report = entropy_report(work / "p")
         print(f"bytes: {report['disk_bytes']:.3f} bytes/token on disk, order-0 entropy of the "
               f"ids {report['entropy_bytes']:.3f} bytes/token "
