@@ -18,6 +18,7 @@ is decompressed.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -206,9 +207,13 @@ class BlockDataset:
         # Rows grouped by chunk with a sort, not np.unique: numpy 2's unique imports numpy.ma
         # (measured 30-40 ms, before a trainer's first batch and in every DataLoader worker).
         order = np.argsort(chunk, kind="stable")
-        bounds = np.flatnonzero(np.diff(chunk[order])) + 1
-        for rows in np.split(order, bounds) if keys.size else []:
-            c = chunk[rows[0]]
+        in_order = chunk[order]
+        # Slices by hand, not np.split: a batch touches ~10 chunks, and np.split's per-piece
+        # overhead was 40 % of a 32-block fetch (cProfile).
+        edges = [0, *(np.flatnonzero(np.diff(in_order)) + 1).tolist(), keys.size]
+        for lo_row, hi_row in itertools.pairwise(edges) if keys.size else []:
+            rows = order[lo_row:hi_row]
+            c = in_order[lo_row]
             local = block[rows] - self.chunk_starts[c]
             chunk_tokens, values, offsets = self._chunk(int(c))
             tokens[rows] = chunk_tokens[local]
