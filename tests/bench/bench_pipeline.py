@@ -2,6 +2,8 @@
 peers and against the tokenizer's own limit, on the same corpus, interleaved, in one run.
 
     .venv/bin/python tests/bench/bench_pipeline.py            # dictwiki x1 and x8, both tokenizers
+    .venv/bin/python tests/bench/bench_pipeline.py --scaling  # + 1 worker, 1 limit process (x8)
+    .venv/bin/python tests/bench/bench_pipeline.py --repeats 32 --skip-fixed  # steady state
     .venv/bin/python tests/bench/bench_pipeline.py --quick    # seconds; CI runs this (no asserts
                                                               # on time: shared machines are noisy)
 
