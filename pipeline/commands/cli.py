@@ -88,15 +88,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"--threads-per-worker: expected at least 1, found {args.threads_per_worker}; "
             "pass 1 (the default) or more"
         )
-    if args.tokenizer_cache is not None:
-        if args.tokenizer_cache < 0:
-            raise UsageError(
-                f"--tokenizer-cache: expected 0 or more words, found {args.tokenizer_cache}; "
-                "pass 0 for no cache, or leave it out for the default"
-            )
-        from pipeline.run.encoders import WORD_CACHE_ENV
-
-        os.environ[WORD_CACHE_ENV] = str(args.tokenizer_cache)  # workers inherit it
     config = run_config.from_args(args)
     from pipeline.run.ray_address import in_ray_job
 
@@ -111,12 +102,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         forward_credentials=args.forward_credentials,
         log=None if args.quiet else sys.stderr,
     )
-    result = run_pipeline(
-        config,
-        executor,
-        overwrite=args.overwrite,
-        progress_stream=None if args.quiet else sys.stderr,
-    )
+    from pipeline.run.encoders import word_cache_for_run
+
+    with word_cache_for_run(args.tokenizer_cache):
+        result = run_pipeline(
+            config,
+            executor,
+            overwrite=args.overwrite,
+            progress_stream=None if args.quiet else sys.stderr,
+        )
     splits = result.manifest.splits
     print(
         f"done: {result.num_units} units ({result.num_units_run} run now), "

@@ -6,7 +6,9 @@ vocabulary than the manifest names.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 from tokenizers import Tokenizer
 
@@ -22,12 +24,14 @@ from pipeline.ingest.tokenization import (
 
 # Set by `pipeline run --tokenizer-cache`; forked workers inherit it, Ray tasks get it passed.
 WORD_CACHE_ENV = "PIPELINE_TOKENIZER_CACHE"
+MAX_WORD_CACHE_WORDS = 100_000_000  # ~26 GB per worker when full: more is a typo
 _ENCODERS: dict[tuple[str, str], DocumentEncoder] = {}
 
 
 def remember_encoder(output: str, tok: Tokenizer, info: TokenizerInfo) -> None:
     """Seed this process's cache with the driver's own tokenizer: the local executor and the
     forked startup child then skip reloading it (DeBERTa-v3's 8.5 MB JSON: ~1.2 s)."""
+    _ENCODERS.clear()  # one run's encoder at a time: its cache may hold hundreds of MB
     _ENCODERS[(output, info.sha256)] = DocumentEncoder(tok, info, word_cache_words())
 
 
@@ -36,12 +40,36 @@ def word_cache_words() -> int:
     value = os.environ.get(WORD_CACHE_ENV)
     if value is None:
         return WORD_CACHE_WORDS
-    if not value.strip().isdigit():
+    text = value.strip()
+    if not (text.isascii() and text.isdecimal()) or int(text) > MAX_WORD_CACHE_WORDS:
         raise UsageError(
-            f"{WORD_CACHE_ENV}: expected a number of words (0 or more), found {value!r}; "
-            f"pass --tokenizer-cache N, or unset it for the default {WORD_CACHE_WORDS:,}"
+            f"{WORD_CACHE_ENV}: expected a number of words from 0 to {MAX_WORD_CACHE_WORDS:,}, "
+            f"found {value!r}; pass --tokenizer-cache N, or unset it for the default "
+            f"{WORD_CACHE_WORDS:,}"
         )
-    return int(value)
+    return int(text)
+
+
+@contextlib.contextmanager
+def word_cache_for_run(words: int | None) -> Iterator[None]:
+    """--tokenizer-cache for one run: set in the environment (forked workers inherit it, Ray
+    tasks are passed it), checked before the run claims its output, and restored after."""
+    if words is not None and not 0 <= words <= MAX_WORD_CACHE_WORDS:
+        raise UsageError(
+            f"--tokenizer-cache: expected 0 to {MAX_WORD_CACHE_WORDS:,} words, found {words}; "
+            f"pass 0 for no cache, or leave it out for the default {WORD_CACHE_WORDS:,}"
+        )
+    before = os.environ.get(WORD_CACHE_ENV)
+    if words is not None:
+        os.environ[WORD_CACHE_ENV] = str(words)
+    try:
+        word_cache_words()  # a bad inherited value fails here, before any work
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(WORD_CACHE_ENV, None)
+        else:
+            os.environ[WORD_CACHE_ENV] = before
 
 
 def load_encoder(output: str, dtype: str, expected_sha256: str) -> DocumentEncoder:
@@ -64,5 +92,6 @@ def load_encoder(output: str, dtype: str, expected_sha256: str) -> DocumentEncod
                 f"{expected_sha256}, found {info.sha256}; another run wrote into this folder, "
                 "rerun with --overwrite"
             )
+        _ENCODERS.clear()
         _ENCODERS[key] = DocumentEncoder(tok, info, word_cache_words())
     return _ENCODERS[key]

@@ -33,7 +33,7 @@ from pipeline.format.storage import ENDPOINT_ENV
 from pipeline.ingest.units import WorkUnit
 from pipeline.run.config import RunConfig
 from pipeline.run.encoders import WORD_CACHE_ENV
-from pipeline.run.faults import FAULT_MARKER_ENV, FAULT_UNIT_ENV
+from pipeline.run.faults import FAULT_MARKER_ENV, FAULT_PAUSE_ENV, FAULT_UNIT_ENV
 from pipeline.run.process import process_unit
 from pipeline.run.ray_address import RayTarget, choose_cluster
 from pipeline.run.shared_output import check_shared_output, read_probe
@@ -45,6 +45,7 @@ from pipeline.run.summary import UnitSummary
 # (its environment, ~/.aws, an instance or pod role).
 PASSED_ENV = (
     FAULT_UNIT_ENV,
+    FAULT_PAUSE_ENV,
     FAULT_MARKER_ENV,
     ENDPOINT_ENV,
     WORD_CACHE_ENV,

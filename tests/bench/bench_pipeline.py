@@ -29,11 +29,12 @@ were taken under load and how much.
   (uint32 for a vocabulary above 65,535), no compression: its LLM-pretraining recipe
 * datatrove 0.10.1 (`--peers`): ParquetReader + DocumentTokenizer, 2 tasks, 2 workers
 * recipe (`--peers`): datasets map + group_texts, num_proc=2
-Every contender's tokenizer gets the pipeline's word cache (WORD_CACHE_WORDS; Unigram and BPE),
-so the ratios measure the pipeline, not the cache; "limit, 10,000-word cache" (x1, which repeats
-no article) is the tokenizer as loaded, to show what the cache buys. Ratios to the limit and to
-litdata are taken round by round (each run against its neighbour in the same round), because
-this machine's speed drifts by 20-30 % between minutes with no other load to be seen.
+The limit and litdata get the pipeline's word cache (WORD_CACHE_WORDS; Unigram and BPE), so
+those ratios measure the pipeline, not the cache (the --peers rows keep their libraries'
+defaults); "limit, 10,000-word cache" (x1, which repeats no article) is the tokenizer as
+loaded, to show what the cache buys. Ratios to the limit and to litdata are taken round by
+round (each run against the other's run of the same round), because this machine's speed
+drifts by 20-30 % between minutes with no other load to be seen.
 tokens/s has one numerator for all: the documents' tokens (no specials) as the floor counts
 them, over each contender's wall time; every contender's own stored count is checked equal.
 Fixed cost: the wall time of a run over one tiny row group (start-up + shutdown, no real work).
@@ -68,6 +69,7 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.format.manifest import load_manifest  # noqa: E402
 from pipeline.ingest.tokenization import WORD_CACHE_WORDS as WORD_CACHE  # noqa: E402
+from pipeline.run.encoders import WORD_CACHE_ENV  # noqa: E402
 
 WORKERS = 2
 # litdata 0.2.76 declares torchvision, and PyPI's torchvision either pulls a CUDA torch or, pinned
@@ -203,6 +205,7 @@ def pipeline(corpus: Path, tokenizer: str, out: Path, workers: int, *extra: str)
            str(workers), "--input", str(corpus), "--tokenizer", tokenizer, "--output", str(out),
            *extra]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop(WORD_CACHE_ENV, None)  # the default cache, as the other contenders get
     subprocess.run(cmd, check=True, capture_output=True, env=env, cwd=REPO)
     splits = load_manifest(str(out)).splits.values()
     return {
@@ -412,7 +415,7 @@ def bench(name: str, corpora: dict[str, Path], work: Path, args: argparse.Namesp
                 raise SystemExit(f"{n} stored {stored} document tokens, the floor {tokens}")
         print(f"\n{name}, {label}: {tokens:,} document tokens (equal for every contender)")
         print("x limit, x litdata: medians (and ranges) of the ratios taken round by round, each "
-              "against the run next to it in the same round")  # fmt: skip
+              "against the other's run of the same round")  # fmt: skip
         print(f"{'':30} {'wall s':>7} {'cpu s':>7} {'cores':>6} {'M tok/s':>8} {'x limit':>17} "
               f"{'x litdata':>17} {'B/token':>8} {'runs':>5} {'other load':>11}")  # fmt: skip
         for n, row in rows.items():

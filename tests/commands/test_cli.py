@@ -80,7 +80,7 @@ def data(tmp_path: Path, dictwiki_one_file: Path) -> Path:
         (
             lambda d, t: ["--input", str(d), "--tokenizer", str(BERT), "--tokenizer-cache", "-1"],
             2,
-            "--tokenizer-cache: expected 0 or more words, found -1",
+            "--tokenizer-cache: expected 0 to 100,000,000 words, found -1",
         ),
         (
             lambda d, t: ["--input", str(d), "--tokenizer", str(BERT), "--text-column", "body"],

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import DataError
-from pipeline.run.faults import FAULT_MARKER_ENV, FAULT_UNIT_ENV
+from pipeline.run.faults import FAULT_MARKER_ENV, FAULT_PAUSE_ENV, FAULT_UNIT_ENV
 from pipeline.run.runner import LocalExecutor, run_pipeline
 from pipeline.run.worker_pool import ProcessExecutor
 from tests.conftest import BERT, REPO
@@ -94,12 +94,17 @@ def test_ctrl_c_stops_every_process_with_one_line_and_the_rerun_resumes(
            "--input", str(dictwiki_one_file), "--tokenizer", str(BERT), "--output", str(out),
            "--unit-bytes", str(UNIT)]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # The last unit stops mid-way until killed: the interrupt surely lands in a running run
+    # (waiting for a first shard instead lost the race when the other units were quick).
+    marker = tmp_path / "paused"
+    paused = {**env, FAULT_PAUSE_ENV: "3", FAULT_MARKER_ENV: str(marker)}
     # A terminal's Ctrl-C signals the whole foreground process group: driver and workers.
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen(cmd, cwd=REPO, env=paused, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)  # fmt: skip
     deadline = time.monotonic() + 120
-    while not list(out.glob("validation/shard-*.json")) and time.monotonic() < deadline:
+    while not marker.exists() and time.monotonic() < deadline:
         time.sleep(0.02)
+    assert list(out.glob("*/shard-*.json")), "a unit before the paused one has finished"
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
