@@ -86,6 +86,10 @@ def test_a_worker_that_keeps_dying_fails_the_run_with_one_line(
     assert not (out / "manifest.json").exists()
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_every_process_with_one_line_and_the_rerun_resumes(
     tmp_path: Path, reference: Path, dictwiki_one_file: Path
 ) -> None:
@@ -95,12 +99,15 @@ def test_ctrl_c_stops_every_process_with_one_line_and_the_rerun_resumes(
            "--unit-bytes", str(UNIT)]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     # The last unit stops mid-way until killed: the interrupt surely lands in a running run
-    # (waiting for a first shard instead lost the race when the other units were quick).
+    # (waiting for a first shard left ~0.2 s of work: a race).
     marker = tmp_path / "paused"
     paused = {**env, FAULT_PAUSE_ENV: "3", FAULT_MARKER_ENV: str(marker)}
     # A terminal's Ctrl-C signals the whole foreground process group: driver and workers.
+    # SIGINT back to its default first: a shell ignores it in the jobs it starts with `&`, the
+    # ignoring is inherited, and Python then installs no KeyboardInterrupt handler (CI run in
+    # the background: the run went on, exit 0, or hung on the paused unit).
     proc = subprocess.Popen(cmd, cwd=REPO, env=paused, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
+                            start_new_session=True, preexec_fn=_default_sigint)  # fmt: skip
     deadline = time.monotonic() + 120
     while not marker.exists() and time.monotonic() < deadline:
         time.sleep(0.02)
