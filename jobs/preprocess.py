@@ -14,7 +14,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the working dir's package
 
 from pipeline.commands.cli import main
+from pipeline.run.allocator import preload_mimalloc
 
 if __name__ == "__main__":
+    preload_mimalloc()  # the job's driver and its forked workers; Ray's tasks keep their own
     given = any(a.startswith("--ray-address") for a in sys.argv[1:])
     sys.exit(main(["run", *([] if given else ["--ray-address", "auto"]), *sys.argv[1:]]))

@@ -247,5 +247,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The `pipeline` command: `run` and `demo` re-execute once on mimalloc (allocator.py)."""
+    if sys.argv[1:2] in (["run"], ["demo"]):
+        from pipeline.run.allocator import preload_mimalloc
+
+        preload_mimalloc()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

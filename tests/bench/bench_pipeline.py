@@ -31,10 +31,12 @@ were taken under load and how much.
 * recipe (`--peers`): datasets map + group_texts, num_proc=2
 The limit and litdata get the pipeline's word cache (WORD_CACHE_WORDS; Unigram and BPE), so
 those ratios measure the pipeline, not the cache (the --peers rows keep their libraries'
-defaults); "limit, 10,000-word cache" (x1, which repeats no article) is the tokenizer as
-loaded, to show what the cache buys. Ratios to the limit and to litdata are taken round by
-round (each run against the other's run of the same round), because this machine's speed
-drifts by 20-30 % between minutes with no other load to be seen.
+defaults). `pipeline run` runs on mimalloc (pipeline/run/allocator.py); the limit and litdata
+keep glibc's allocator, as their users run them, and "limit on mimalloc" (x8, x32) shows the
+limit with the pipeline's allocator; "limit, 10,000-word cache" (x1, which repeats no
+article) is the tokenizer as loaded, to show what the cache buys. Ratios to the limit and to
+litdata are taken round by round (each run against the other's run of the same round),
+because this machine's speed drifts by 20-30 % between minutes with no visible other load.
 tokens/s has one numerator for all: the documents' tokens (no specials) as the floor counts
 them, over each contender's wall time; every contender's own stored count is checked equal.
 Fixed cost: the wall time of a run over one tiny row group (start-up + shutdown, no real work).
@@ -69,7 +71,10 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.format.manifest import load_manifest  # noqa: E402
 from pipeline.ingest.tokenization import WORD_CACHE_WORDS as WORD_CACHE  # noqa: E402
+from pipeline.run.allocator import ALLOCATOR_ENV, mimalloc_library  # noqa: E402
 from pipeline.run.encoders import WORD_CACHE_ENV  # noqa: E402
+
+MIMALLOC = mimalloc_library()
 
 WORKERS = 2
 # litdata 0.2.76 declares torchvision, and PyPI's torchvision either pulls a CUDA torch or, pinned
@@ -176,7 +181,13 @@ def floor(corpus: Path, tokenizer: str) -> dict:
     return run_child(code)
 
 
-def limit(corpus: Path, tokenizer: str, cache: int | None = WORD_CACHE, procs: int = CORES) -> dict:
+def limit(
+    corpus: Path,
+    tokenizer: str,
+    cache: int | None = WORD_CACHE,
+    procs: int = CORES,
+    preload: str | None = None,
+) -> dict:
     """One single-thread tokenizer per core, all at once, over texts already in memory; with
     the pipeline's word cache, or (cache None) the tokenizer's own (10,000 words)."""
     code = READ_TEXTS.format(corpus=corpus, tokenizer=tokenizer, cache=cache) + textwrap.dedent(
@@ -189,7 +200,9 @@ def limit(corpus: Path, tokenizer: str, cache: int | None = WORD_CACHE, procs: i
         RESULT = {{"seconds": time.perf_counter() - t, "tokens": n}}
         """
     )
-    return run_child(code, {"RAYON_NUM_THREADS": "1"})
+    return run_child(
+        code, {"RAYON_NUM_THREADS": "1", **({"LD_PRELOAD": preload} if preload else {})}
+    )
 
 
 def litdata(corpus: Path, tokenizer: str, out: Path, dtype: str) -> dict:
@@ -206,6 +219,7 @@ def pipeline(corpus: Path, tokenizer: str, out: Path, workers: int, *extra: str)
            *extra]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop(WORD_CACHE_ENV, None)  # the default cache, as the other contenders get
+    env.pop(ALLOCATOR_ENV, None)  # and the default allocator (mimalloc, where installed)
     subprocess.run(cmd, check=True, capture_output=True, env=env, cwd=REPO)
     splits = load_manifest(str(out)).splits.values()
     return {
@@ -390,6 +404,9 @@ def bench(name: str, corpora: dict[str, Path], work: Path, args: argparse.Namesp
         }
         if have_litdata:
             contenders["litdata"] = lambda c=corpus: litdata(c, str(clean), work / "l", dtype)
+        if MIMALLOC and label != "x1":  # the pipeline's allocator, given to the limit too
+            contenders["limit on mimalloc"] = lambda c=corpus: limit(c, str(clean),
+                                                                     preload=MIMALLOC)  # fmt: skip
         if label == "x1" and not args.quick:  # what the word cache buys, on no repeats
             contenders["limit, 10,000-word cache"] = lambda c=corpus: limit(c, str(clean), None)
         if args.ray and label == "x1":
