@@ -248,8 +248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """The `pipeline` command: `run` and `demo` re-execute once on mimalloc (allocator.py)."""
-    if sys.argv[1:2] in (["run"], ["demo"]):
+    """The `pipeline` command: `run` re-executes once on mimalloc (allocator.py); `demo`
+    does not, as it also trains, and torch has not been tried on mimalloc."""
+    if sys.argv[1:2] == ["run"]:
         from pipeline.run.allocator import preload_mimalloc
 
         preload_mimalloc()
