@@ -26,7 +26,7 @@ from pipeline.errors import DataError, UsageError, brief
 MAX_PIECE_CHARS = 1_000_000
 # Unigram and BPE models cache each word's tokens, but only the first 10,000 distinct words they
 # meet (no eviction); WordPiece has no cache. A million words (~260 bytes each when full, so at
-# most ~260 MB per worker) cut the 128k Unigram's CPU per token by ~20-30 % on dictwiki, which
+# most ~260 MB per worker) cut the 128k Unigram's CPU per token by ~15-25 % on dictwiki, which
 # repeats no article (README, "Performance"). The ids are the same: the cache only memoizes.
 WORD_CACHE_WORDS = 1_000_000
 UINT16_LIMIT = 65_536

@@ -1,8 +1,8 @@
 """Run `pipeline run` on mimalloc: the tokenizer spends much of its time in malloc and free.
 
 Every token of an `Encoding` is a Rust `String`, and every word a `Vec`: glibc's allocator was
-~40 % of the 128k Unigram's samples in a worker (py-spy), and mimalloc makes the same
-`encode_batch_fast` 1.5-1.75x faster with Unigram and 1.25x with WordPiece (README,
+46 % of the 128k Unigram's tokenizer samples in a worker (py-spy), and mimalloc makes the same
+`encode_batch_fast` 1.25-1.8x faster with Unigram and 1.2-1.3x with WordPiece (README,
 "Performance"). The allocator must be chosen before a process starts, so the command's entry
 point re-executes itself once with `LD_PRELOAD` (same pid, same arguments); its forked workers
 share the loaded allocator. `LD_PRELOAD` is then put back as it was, so that nothing else this
