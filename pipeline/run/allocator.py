@@ -58,4 +58,7 @@ def preload_mimalloc() -> None:
     env = {**os.environ, "LD_PRELOAD": f"{library} {before}".strip(), _PRELOADED_ENV: before}
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+    try:
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+    except OSError:  # no executable to run again (an embedded interpreter): stay on glibc's
+        return
