@@ -8,6 +8,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import settings
 
@@ -88,6 +89,14 @@ def dictwiki_one_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of one dictwiki shard (3,830 articles) for faster end-to-end tests."""
     folder = tmp_path_factory.mktemp("dictwiki-one")
     shutil.copy(DICTWIKI / "train-00000-of-00004.parquet", folder)
+    return folder
+
+
+def dictwiki_slice(folder: Path, shard: int, rows: int, name: str = "a.parquet") -> Path:
+    """`folder` holding the first `rows` articles of dictwiki shard `shard` as one parquet file:
+    a small corpus for tests that run the pipeline and then something slower."""
+    source = DICTWIKI / f"train-{shard:05d}-of-00004.parquet"
+    pq.write_table(pq.read_table(source).slice(0, rows), folder / name)
     return folder
 
 

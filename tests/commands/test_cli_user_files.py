@@ -13,15 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.commands import cli
-from tests.conftest import BERT, DICTWIKI, REPO
+from tests.conftest import BERT, REPO, dictwiki_slice
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("small-in")
-    rows = pq.read_table(DICTWIKI / "train-00000-of-00004.parquet").slice(0, 300)
-    pq.write_table(rows, folder / "a.parquet")
-    return folder
+    return dictwiki_slice(tmp_path_factory.mktemp("small-in"), 0, 300)
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -15,7 +15,7 @@ import pytest
 from pipeline.format.shards import ShardReader
 from pipeline.ingest.tokenization import describe_tokenizer, load_tokenizer
 from pipeline.run.runner import LocalExecutor, run_pipeline
-from tests.conftest import DICTWIKI, make_config
+from tests.conftest import dictwiki_slice, make_config
 
 spm = pytest.importorskip("sentencepiece")
 transformers = pytest.importorskip("transformers")
@@ -25,10 +25,7 @@ VOCAB = 3000  # pieces; [MASK] becomes id 3000, as 128000 in DeBERTa-v3-large
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("deberta-in")
-    rows = pq.read_table(DICTWIKI / "train-00001-of-00004.parquet").slice(0, 400)
-    pq.write_table(rows, folder / "a.parquet")
-    return folder
+    return dictwiki_slice(tmp_path_factory.mktemp("deberta-in"), 1, 400)
 
 
 @pytest.fixture(scope="module")

@@ -17,17 +17,14 @@ spm = pytest.importorskip("sentencepiece")
 from pipeline.run.runner import LocalExecutor, run_pipeline  # noqa: E402
 from pipeline.train import checkpoint  # noqa: E402
 from pipeline.train import loop as train_loop  # noqa: E402
-from tests.conftest import BERT, DICTWIKI, make_config  # noqa: E402
+from tests.conftest import BERT, dictwiki_slice, make_config  # noqa: E402
 from tests.train.test_loop import records, train  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """400 dictwiki articles in one parquet file (a few seconds through `pipeline run`)."""
-    folder = tmp_path_factory.mktemp("small-corpus")
-    table = pq.read_table(DICTWIKI / "train-00000-of-00004.parquet").slice(0, 400)
-    pq.write_table(table, folder / "part-0.parquet")
-    return folder
+    return dictwiki_slice(tmp_path_factory.mktemp("small-corpus"), 0, 400, "part-0.parquet")
 
 
 def test_an_output_without_validation_trains_without_evaluation(
